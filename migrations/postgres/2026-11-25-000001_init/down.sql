@@ -1,0 +1,10 @@
+DROP TABLE settings;
+DROP TABLE idempotency_keys;
+DROP TABLE refresh_tokens;
+DROP TABLE event_counter;
+DROP TABLE events;
+DROP TABLE notifications;
+DROP TABLE bookings;
+DROP TABLE batteries;
+DROP TABLE stations;
+DROP TABLE users;

@@ -1,0 +1,94 @@
+//! The request extractor: finds the caller's token, verifies it, and loads the caller.
+//!
+//! A token is taken, in this order, from `Authorization: Bearer …`, the `token` query parameter,
+//! and the `swapcast_token` cookie (CONTRACT §3). A request that carries a bad or expired token is
+//! refused even on a public route, rather than silently treated as anonymous.
+
+use std::collections::HashMap;
+
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+
+use super::Actor;
+use crate::db;
+use crate::domain::users;
+use crate::domain::values::Role;
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+pub const COOKIE_NAME: &str = "swapcast_token";
+
+/// Where a token came from; a cookie is sent by browsers on cross-site requests too, so the
+/// WebSocket upgrade checks the Origin of cookie-authenticated connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// The token of a request and where it was found.
+pub fn find_token(req: &HttpRequest) -> Result<Option<(String, TokenSource)>> {
+    if let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        let value = header.to_str().map_err(|_| Error::InvalidToken)?;
+        return match value.strip_prefix("Bearer ").map(str::trim) {
+            Some(token) if !token.is_empty() => Ok(Some((token.to_owned(), TokenSource::Header))),
+            _ => Err(Error::InvalidToken),
+        };
+    }
+    if let Ok(query) = web::Query::<HashMap<String, String>>::from_query(req.query_string()) {
+        if let Some(token) = query.get("token").filter(|t| !t.is_empty()) {
+            return Ok(Some((token.clone(), TokenSource::Query)));
+        }
+    }
+    Ok(req
+        .cookie(COOKIE_NAME)
+        .map(|c| c.value().to_owned())
+        .filter(|t| !t.is_empty())
+        .map(|t| (t, TokenSource::Cookie)))
+}
+
+/// Verifies a token and loads its user: the role and activity that count are the database's.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Actor> {
+    let claims = state.keys.verify(token)?;
+    let id = claims.user_id()?;
+    let user = db::run(&state.pool, move |conn| users::find(conn, id))
+        .await?
+        .ok_or(Error::InvalidToken)?;
+    if !user.active {
+        return Err(Error::AccountDisabled);
+    }
+    Ok(Actor {
+        id,
+        role: Role::from_db(&user.role)?,
+        email: user.email,
+    })
+}
+
+/// The caller of a request: `None` when no token was sent.
+pub struct Caller(pub Option<Actor>);
+
+impl Caller {
+    /// The caller, or 401 for an anonymous request.
+    pub fn actor(&self) -> Result<&Actor> {
+        self.0.as_ref().ok_or(Error::Unauthenticated)
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Caller>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = find_token(req);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let Some((token, _)) = token? else {
+                return Ok(Caller(None));
+            };
+            let state = state.ok_or_else(|| Error::Internal(anyhow::anyhow!("AppState missing")))?;
+            authenticate(&state, &token).await.map(|actor| Caller(Some(actor)))
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! Who is calling and what they may do: password hashing, tokens, sign-in sessions, the request
+//! extractor, and the one authorization policy (CONTRACT §2) used by REST, WebSocket actions and
+//! subscriptions alike.
+
+pub mod extract;
+pub mod password;
+pub mod policy;
+pub mod sessions;
+pub mod tokens;
+
+use crate::domain::ids::UserId;
+use crate::domain::values::Role;
+
+/// An authenticated caller, as of this request: role and activity are read from the database,
+/// not trusted from the token, so a demotion takes effect on the very next request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub id: UserId,
+    pub role: Role,
+    pub email: String,
+}

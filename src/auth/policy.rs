@@ -1,0 +1,80 @@
+//! Who may do what (CONTRACT §2) — the only place these rules live. REST handlers, WebSocket
+//! actions and subscriptions all ask here.
+
+use super::Actor;
+use crate::domain::ids::UserId;
+use crate::domain::values::Role;
+use crate::error::{Error, Result};
+
+/// Reading stations and inventory: everyone, unless public feeds are turned off.
+pub fn may_read_stations(caller: Option<&Actor>, public_feeds: bool) -> Result<()> {
+    if public_feeds || caller.is_some() {
+        Ok(())
+    } else {
+        Err(Error::Unauthenticated)
+    }
+}
+
+/// Creating stations, assigning operators, retiring batteries, sending notifications, managing
+/// users, reading the event log.
+pub fn require_admin(actor: &Actor) -> Result<()> {
+    if actor.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(Error::forbidden("Only admins may do this"))
+    }
+}
+
+/// Admins, and the operator assigned to the station.
+pub fn is_station_staff(actor: &Actor, station_operator: Option<UserId>) -> bool {
+    actor.role == Role::Admin || (actor.role == Role::Operator && station_operator == Some(actor.id))
+}
+
+/// Adding batteries, setting station status, marking bookings ready or collected, recording returns,
+/// battery telemetry.
+pub fn require_station_staff(actor: &Actor, station_operator: Option<UserId>) -> Result<()> {
+    if is_station_staff(actor, station_operator) {
+        Ok(())
+    } else {
+        Err(Error::forbidden("Only admins and this station's operator may do this"))
+    }
+}
+
+/// Cancelling a booking: its owner, or an admin.
+pub fn require_owner_or_admin(actor: &Actor, owner: UserId) -> Result<()> {
+    if actor.role == Role::Admin || actor.id == owner {
+        Ok(())
+    } else {
+        Err(Error::forbidden("This booking belongs to another user"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(id: i64, role: Role) -> Actor {
+        Actor {
+            id: UserId(id),
+            role,
+            email: format!("{id}@x.test"),
+        }
+    }
+
+    #[test]
+    fn station_staff_is_admin_or_own_operator() {
+        assert!(is_station_staff(&actor(1, Role::Admin), None));
+        assert!(is_station_staff(&actor(2, Role::Operator), Some(UserId(2))));
+        assert!(!is_station_staff(&actor(2, Role::Operator), Some(UserId(3))));
+        assert!(!is_station_staff(&actor(2, Role::Operator), None));
+        // A user who was once the operator but was demoted loses the station.
+        assert!(!is_station_staff(&actor(2, Role::User), Some(UserId(2))));
+    }
+
+    #[test]
+    fn anonymous_reads_follow_the_public_feeds_setting() {
+        assert!(may_read_stations(None, true).is_ok());
+        assert!(matches!(may_read_stations(None, false), Err(Error::Unauthenticated)));
+        assert!(may_read_stations(Some(&actor(1, Role::User)), false).is_ok());
+    }
+}

@@ -1,0 +1,169 @@
+//! Access tokens (HS256 JWTs, algorithm pinned on verify, `exp` enforced with no leeway) and
+//! refresh tokens (random, stored only as SHA-256 digests).
+
+use diesel::prelude::*;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::db::schema::settings;
+use crate::db::DbConn;
+use crate::domain::ids::UserId;
+use crate::domain::values::Role;
+use crate::error::{Error, Result};
+
+/// Name of the settings row that keeps a generated signing secret across restarts.
+const SECRET_SETTING: &str = "jwt_secret";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id, as a string per RFC 7519.
+    pub sub: String,
+    pub role: Role,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+impl Claims {
+    pub fn user_id(&self) -> Result<UserId> {
+        self.sub.parse().map(UserId).map_err(|_| Error::InvalidToken)
+    }
+}
+
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    /// Seconds.
+    pub access_ttl: u64,
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8], access_ttl: u64) -> TokenKeys {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_ttl,
+        }
+    }
+
+    pub fn issue(&self, user: UserId, role: Role) -> Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.to_string(),
+            role,
+            iat: now,
+            exp: now + self.access_ttl as i64,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| Error::Internal(anyhow::anyhow!("signing a token failed: {e}")))
+    }
+
+    /// Expired tokens are told apart so clients know to refresh; every other failure
+    /// (bad signature, other algorithm, `alg: none`, garbage) is simply invalid.
+    pub fn verify(&self, token: &str) -> Result<Claims> {
+        decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => Error::TokenExpired,
+                _ => Error::InvalidToken,
+            })
+    }
+}
+
+/// 256 random bits, hex-encoded.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+/// What the database keeps of a refresh token.
+pub fn digest(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The signing secret kept in the database, created on first start. Two nodes starting together
+/// both try to insert; the loser reads the winner's.
+pub fn stored_secret(conn: &mut DbConn) -> Result<String> {
+    let existing = settings::table
+        .find(SECRET_SETTING)
+        .select(settings::value)
+        .first::<String>(conn)
+        .optional()?;
+    if let Some(secret) = existing {
+        return Ok(secret);
+    }
+    let fresh = random_secret();
+    let inserted = diesel::insert_into(settings::table)
+        .values((settings::name.eq(SECRET_SETTING), settings::value.eq(&fresh)))
+        .execute(conn);
+    match inserted {
+        Ok(_) => Ok(fresh),
+        Err(_) => Ok(settings::table
+            .find(SECRET_SETTING)
+            .select(settings::value)
+            .first(conn)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_verify() {
+        let keys = TokenKeys::new(b"secret", 60);
+        let token = keys.issue(UserId(7), Role::Operator).unwrap();
+        let claims = keys.verify(&token).unwrap();
+        assert_eq!(claims.user_id().unwrap(), UserId(7));
+        assert_eq!(claims.role, Role::Operator);
+    }
+
+    #[test]
+    fn other_secrets_and_expired_tokens_fail() {
+        let keys = TokenKeys::new(b"secret", 60);
+        let other = TokenKeys::new(b"other", 60).issue(UserId(1), Role::Admin).unwrap();
+        assert!(matches!(keys.verify(&other), Err(Error::InvalidToken)));
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: "1".into(),
+            role: Role::User,
+            iat: now - 120,
+            exp: now - 60,
+        };
+        let expired = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert!(matches!(keys.verify(&expired), Err(Error::TokenExpired)));
+    }
+
+    #[test]
+    fn unsigned_tokens_are_refused() {
+        let keys = TokenKeys::new(b"secret", 60);
+        // {"alg":"none","typ":"JWT"} . {"sub":"1","role":"admin","iat":1,"exp":9999999999} .
+        let none =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIiwicm9sZSI6ImFkbWluIiwiaWF0IjoxLCJleHAiOjk5OTk5OTk5OTl9.";
+        assert!(matches!(keys.verify(none), Err(Error::InvalidToken)));
+    }
+
+    #[test]
+    fn digests_are_stable_hex() {
+        assert_eq!(digest("abc").len(), 64);
+        assert_eq!(digest("abc"), digest("abc"));
+        assert_eq!(random_secret().len(), 64);
+    }
+}

@@ -1,0 +1,213 @@
+//! Storage: one connection type over SQLite and PostgreSQL, the pool, migrations, and the two
+//! helpers every database call goes through ([`run`] moves work off the async threads, [`write`]
+//! opens the one transaction of a change).
+
+pub mod models;
+pub mod schema;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, ManageConnection};
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::error::{Error, Result};
+
+/// The same domain code runs on both backends; only migrations and a few statements differ.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Sqlite(SqliteConnection),
+    Pg(PgConnection),
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// How long a SQLite writer waits for the file lock before giving up (then: 503, retry).
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// How long a request waits for a free pooled connection before answering 503.
+const POOL_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Any fixed number: the PostgreSQL advisory lock that keeps two starting nodes from migrating at once.
+const MIGRATION_LOCK_KEY: i64 = 0x5357_4150_4341_5354;
+
+/// Where the data lives, parsed from `DATABASE_URL`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Target {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Target::Postgres(url.to_owned())
+        } else {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            Target::Sqlite(path.to_owned())
+        }
+    }
+}
+
+/// An r2d2 manager that picks the backend from the URL itself. diesel's generic manager would try
+/// each backend in turn and hide why PostgreSQL was unreachable behind "Invalid connection url".
+#[derive(Debug)]
+pub struct Manager {
+    target: Target,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, r2d2::Error> {
+        match &self.target {
+            Target::Postgres(url) => PgConnection::establish(url)
+                .map(DbConn::Pg)
+                .map_err(r2d2::Error::ConnectionError),
+            Target::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+                // busy_timeout must come before the switch to WAL, or a second pool sees "database is locked".
+                conn.batch_execute(&format!(
+                    "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+                ))
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConn::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        // A connection handed back mid-transaction (a panic inside a closure) must not be reused.
+        <DbConn as TransactionManager<DbConn>>::is_broken_transaction_manager(conn)
+    }
+}
+
+/// Builds the pool, failing with the backend's own message when the database cannot be reached.
+pub fn connect(database_url: &str, size: Option<u32>) -> anyhow::Result<Pool> {
+    let target = Target::parse(database_url);
+    let default_size = match target {
+        Target::Sqlite(_) => 8,
+        Target::Postgres(_) => 16,
+    };
+    let manager = Manager { target: target.clone() };
+    // Connect once directly so an unreachable server is reported as what it is.
+    manager
+        .connect()
+        .with_context(|| format!("cannot open the database ({})", redact(database_url)))?;
+    r2d2::Pool::builder()
+        .max_size(size.unwrap_or(default_size))
+        .connection_timeout(POOL_CHECKOUT_TIMEOUT)
+        .build(manager)
+        .context("cannot build the database pool")
+}
+
+/// The URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Applies the embedded migrations of the connection's backend.
+pub fn migrate(conn: &mut DbConn) -> anyhow::Result<()> {
+    let result = match conn {
+        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|_| ()),
+        DbConn::Pg(c) => {
+            c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))?;
+            let applied = c.run_pending_migrations(PG_MIGRATIONS).map(|_| ());
+            c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))?;
+            applied
+        }
+    };
+    result.map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+}
+
+/// Runs blocking database work on the blocking pool, never on the async threads, keeping the
+/// caller's tracing span so its logs stay attached to the request.
+pub async fn run<T, F>(pool: &Pool, f: F) -> Result<T>
+where
+    F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let pool = pool.clone();
+    let span = tracing::Span::current();
+    actix_web::web::block(move || {
+        let _entered = span.enter();
+        let mut conn = pool.get()?;
+        f(&mut conn)
+    })
+    .await?
+}
+
+/// Runs `f` in one write transaction. On SQLite it begins `IMMEDIATE`, taking the write lock up
+/// front: a deferred transaction that reads first and writes later fails with SQLITE_BUSY (without
+/// waiting) when another writer committed in between, which would turn ordinary contention into
+/// errors.
+pub fn write<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T>) -> Result<T> {
+    match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
+        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c)?,
+    }
+    match f(conn) {
+        Ok(value) => {
+            <DbConn as TransactionManager<DbConn>>::commit_transaction(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = <DbConn as TransactionManager<DbConn>>::rollback_transaction(conn) {
+                // The pool discards the connection (`has_broken`); the caller's error is the one to report.
+                tracing::warn!(error = %rollback, "rollback failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Maps a unique-constraint failure on an insert to the contract's 409 with a specific code.
+pub fn on_unique_violation(code: &'static str, message: &'static str) -> impl Fn(diesel::result::Error) -> Error {
+    move |e| match e {
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _) => {
+            Error::conflict(code, message)
+        }
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_the_backend() {
+        assert_eq!(Target::parse("sqlite://a/b.db"), Target::Sqlite("a/b.db".into()));
+        assert_eq!(Target::parse("sqlite:b.db"), Target::Sqlite("b.db".into()));
+        assert_eq!(Target::parse("plain.db"), Target::Sqlite("plain.db".into()));
+        assert!(matches!(Target::parse("postgres://u@h/d"), Target::Postgres(_)));
+        assert!(matches!(Target::parse("postgresql://u@h/d"), Target::Postgres(_)));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://bob:hunter2@db:5432/x"), "postgres://bob@db:5432/x");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,26 @@
+use diesel::prelude::*;
+
+use crate::db::schema::stations;
+
+#[derive(Queryable, Selectable, Identifiable, Clone, Debug)]
+#[diesel(table_name = stations)]
+pub struct Station {
+    pub id: i64,
+    pub name: String,
+    pub address: Option<String>,
+    pub status: String,
+    pub operator_id: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = stations)]
+pub struct NewStation<'a> {
+    pub name: &'a str,
+    pub address: Option<&'a str>,
+    pub status: &'a str,
+    pub operator_id: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -1,0 +1,238 @@
+//! Batteries: added to a station, reporting telemetry, charged, returned by drivers, retired.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::ids::{BatteryId, StationId};
+use super::stations::{self, operator_of};
+use super::values::{BatteryStatus, Percent, Serial};
+use super::{Change, Listing, Page};
+use crate::auth::policy;
+use crate::auth::Actor;
+use crate::clock::serialize_iso;
+use crate::db::models::{Battery, NewBattery, Station};
+use crate::db::schema::batteries;
+use crate::db::{on_unique_violation, DbConn};
+use crate::error::{Error, Result};
+use crate::events::{Audience, EventBody, InventoryAction};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BatteryView {
+    pub id: BatteryId,
+    pub station_id: StationId,
+    pub serial: String,
+    pub model: String,
+    pub status: BatteryStatus,
+    pub soc: i32,
+    pub soh: i32,
+    #[serde(serialize_with = "serialize_iso")]
+    pub created_at: i64,
+    #[serde(serialize_with = "serialize_iso")]
+    pub updated_at: i64,
+}
+
+impl BatteryView {
+    pub fn from_row(row: Battery) -> Result<BatteryView> {
+        Ok(BatteryView {
+            id: BatteryId(row.id),
+            station_id: StationId(row.station_id),
+            status: BatteryStatus::from_db(&row.status)?,
+            serial: row.serial,
+            model: row.model,
+            soc: row.soc,
+            soh: row.soh,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub fn load(conn: &mut DbConn, id: BatteryId) -> Result<Battery> {
+    batteries::table
+        .find(id.0)
+        .select(Battery::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(Error::NotFound("Battery"))
+}
+
+pub fn list(conn: &mut DbConn, station: StationId, page: Page) -> Result<Listing<BatteryView>> {
+    stations::load(conn, station)?;
+    let mut query = batteries::table
+        .filter(batteries::station_id.eq(station.0))
+        .select(Battery::as_select())
+        .order(batteries::id.asc())
+        .limit(page.fetch())
+        .into_boxed();
+    if let Some(after) = page.after {
+        query = query.filter(batteries::id.gt(after));
+    }
+    Listing::from_rows(page, query.load(conn)?, |b| b.id, BatteryView::from_row)
+}
+
+/// Emits `battery_updated` for a battery as it now is.
+fn announce_update(ch: &mut Change, battery: &Battery) -> Result<()> {
+    ch.emit(
+        Audience::Station(StationId(battery.station_id)),
+        EventBody::BatteryUpdated {
+            station_id: StationId(battery.station_id),
+            battery_id: BatteryId(battery.id),
+            serial: battery.serial.clone(),
+            status: BatteryStatus::from_db(&battery.status)?,
+            soc: battery.soc,
+            soh: battery.soh,
+        },
+    );
+    Ok(())
+}
+
+/// Emits the station's `inventory_update` after a change to its batteries.
+pub fn announce_inventory(ch: &mut Change, station: &Station, action: InventoryAction) -> Result<()> {
+    let (_, event) = stations::inventory_event(ch.conn, station, action)?;
+    ch.emit(Audience::Station(StationId(station.id)), event);
+    Ok(())
+}
+
+pub struct NewBatteryInput {
+    pub serial: Serial,
+    pub model: String,
+    pub soc: Percent,
+    pub soh: Percent,
+}
+
+pub fn add(ch: &mut Change, actor: &Actor, station_id: StationId, input: &NewBatteryInput) -> Result<BatteryView> {
+    let station = stations::load(ch.conn, station_id)?;
+    policy::require_station_staff(actor, operator_of(&station))?;
+    let row: Battery = diesel::insert_into(batteries::table)
+        .values(NewBattery {
+            station_id: station.id,
+            serial: input.serial.as_str(),
+            model: &input.model,
+            status: BatteryStatus::Available.as_str(),
+            soc: input.soc.get(),
+            soh: input.soh.get(),
+            created_at: ch.now,
+            updated_at: ch.now,
+        })
+        .returning(batteries::all_columns)
+        .get_result(ch.conn)
+        .map_err(on_unique_violation(
+            "serial_taken",
+            "A battery with this serial already exists",
+        ))?;
+    let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Add)?;
+    ch.emit(
+        Audience::Station(station_id),
+        EventBody::BatteryAdded {
+            station_id,
+            station_name: station.name.clone(),
+            battery_id: BatteryId(row.id),
+            available_batteries: inventory.available_batteries,
+            total_batteries: inventory.total_batteries,
+        },
+    );
+    ch.emit(Audience::Station(station_id), update);
+    BatteryView::from_row(row)
+}
+
+#[derive(Debug, Default)]
+pub struct BatteryPatch {
+    pub soc: Option<Percent>,
+    pub soh: Option<Percent>,
+    /// `status: retired` — the only status a client sets directly; the rest follow the lifecycle.
+    pub retire: bool,
+}
+
+/// Telemetry (staff) and retirement (admins). A charging battery whose charge reaches
+/// `charged_soc` becomes available.
+pub fn update(
+    ch: &mut Change,
+    actor: &Actor,
+    id: BatteryId,
+    patch: &BatteryPatch,
+    charged_soc: i32,
+) -> Result<BatteryView> {
+    if patch.soc.is_none() && patch.soh.is_none() && !patch.retire {
+        return Err(Error::field("soc", "give soc, soh or status"));
+    }
+    let battery = load(ch.conn, id)?;
+    let station = stations::load(ch.conn, StationId(battery.station_id))?;
+    let current = BatteryStatus::from_db(&battery.status)?;
+    if patch.retire {
+        policy::require_admin(actor)?;
+    } else {
+        policy::require_station_staff(actor, operator_of(&station))?;
+    }
+    let status = match current {
+        BatteryStatus::Retired => return Err(Error::conflict("battery_retired", "This battery is retired")),
+        BatteryStatus::Booked if patch.retire => {
+            return Err(Error::conflict(
+                "battery_booked",
+                "Cancel the booking holding this battery first",
+            ))
+        }
+        BatteryStatus::Collected if !patch.retire => {
+            return Err(Error::conflict(
+                "battery_not_at_station",
+                "This battery is with a driver; record its return first",
+            ))
+        }
+        _ if patch.retire => BatteryStatus::Retired,
+        BatteryStatus::Charging if patch.soc.is_some_and(|soc| soc.get() >= charged_soc) => BatteryStatus::Available,
+        other => other,
+    };
+    let row: Battery = diesel::update(batteries::table.find(id.0))
+        .set((
+            batteries::soc.eq(patch.soc.map_or(battery.soc, Percent::get)),
+            batteries::soh.eq(patch.soh.map_or(battery.soh, Percent::get)),
+            batteries::status.eq(status.as_str()),
+            batteries::updated_at.eq(ch.now),
+        ))
+        .returning(batteries::all_columns)
+        .get_result(ch.conn)?;
+    if !patch.retire {
+        announce_update(ch, &row)?;
+    }
+    announce_inventory(ch, &station, InventoryAction::Update)?;
+    BatteryView::from_row(row)
+}
+
+pub struct ReturnInput {
+    pub serial: Serial,
+    pub soc: Percent,
+}
+
+/// A driver brings a collected battery back to this station; it starts charging here.
+pub fn record_return(
+    ch: &mut Change,
+    actor: &Actor,
+    station_id: StationId,
+    input: &ReturnInput,
+) -> Result<BatteryView> {
+    let station = stations::load(ch.conn, station_id)?;
+    policy::require_station_staff(actor, operator_of(&station))?;
+    let battery: Battery = batteries::table
+        .filter(batteries::serial.eq(input.serial.as_str()))
+        .select(Battery::as_select())
+        .first(ch.conn)
+        .optional()?
+        .ok_or(Error::NotFound("Battery"))?;
+    if battery.status != BatteryStatus::Collected.as_str() {
+        return Err(Error::conflict(
+            "battery_not_collected",
+            "Only a collected battery can be returned",
+        ));
+    }
+    let row: Battery = diesel::update(batteries::table.find(battery.id))
+        .set((
+            batteries::station_id.eq(station_id.0),
+            batteries::status.eq(BatteryStatus::Charging.as_str()),
+            batteries::soc.eq(input.soc.get()),
+            batteries::updated_at.eq(ch.now),
+        ))
+        .returning(batteries::all_columns)
+        .get_result(ch.conn)?;
+    announce_update(ch, &row)?;
+    announce_inventory(ch, &station, InventoryAction::Update)?;
+    BatteryView::from_row(row)
+}

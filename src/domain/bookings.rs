@@ -1,0 +1,297 @@
+//! Bookings: a driver holds one available battery at a station until it is collected, cancelled,
+//! or the hold time runs out.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::batteries::announce_inventory;
+use super::ids::{BatteryId, BookingId, StationId, UserId};
+use super::stations::{self, operator_of};
+use super::values::{BatteryStatus, BookingStatus, StationStatus};
+use super::{Change, Listing, Page};
+use crate::auth::policy;
+use crate::auth::Actor;
+use crate::clock::{serialize_iso, serialize_iso_opt};
+use crate::db::models::{Battery, Booking, NewBooking};
+use crate::db::schema::{batteries, bookings};
+use crate::db::{on_unique_violation, DbConn};
+use crate::domain::values::Role;
+use crate::error::{Error, Result};
+use crate::events::{Audience, EventBody, InventoryAction};
+
+/// How many times a booking tries the next candidate battery after losing one to a concurrent
+/// booking (PostgreSQL; on SQLite writers are serialized and the first candidate always holds).
+const BOOKING_ATTEMPTS: usize = 8;
+/// Expired bookings released per sweep transaction, so one sweep never holds the write lock long.
+const EXPIRY_BATCH: i64 = 100;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BookingView {
+    pub id: BookingId,
+    pub user_id: UserId,
+    pub station_id: StationId,
+    pub battery_id: BatteryId,
+    pub status: BookingStatus,
+    #[serde(serialize_with = "serialize_iso")]
+    pub created_at: i64,
+    #[serde(serialize_with = "serialize_iso")]
+    pub updated_at: i64,
+    #[serde(serialize_with = "serialize_iso")]
+    pub expires_at: i64,
+    #[serde(serialize_with = "serialize_iso_opt")]
+    pub ready_at: Option<i64>,
+    #[serde(serialize_with = "serialize_iso_opt")]
+    pub collected_at: Option<i64>,
+    #[serde(serialize_with = "serialize_iso_opt")]
+    pub cancelled_at: Option<i64>,
+}
+
+impl BookingView {
+    pub fn from_row(row: Booking) -> Result<BookingView> {
+        Ok(BookingView {
+            id: BookingId(row.id),
+            user_id: UserId(row.user_id),
+            station_id: StationId(row.station_id),
+            battery_id: BatteryId(row.battery_id),
+            status: BookingStatus::from_db(&row.status)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            expires_at: row.expires_at,
+            ready_at: row.ready_at,
+            collected_at: row.collected_at,
+            cancelled_at: row.cancelled_at,
+        })
+    }
+}
+
+fn load(conn: &mut DbConn, id: BookingId) -> Result<Booking> {
+    bookings::table
+        .find(id.0)
+        .select(Booking::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(Error::NotFound("Booking"))
+}
+
+/// Claims one available battery: the best charged first. The conditional update is the claim —
+/// a battery taken by a concurrent transaction no longer matches `status = 'available'`.
+fn claim_battery(ch: &mut Change, station: StationId) -> Result<Battery> {
+    for _ in 0..BOOKING_ATTEMPTS {
+        let candidate: Option<Battery> = batteries::table
+            .filter(batteries::station_id.eq(station.0))
+            .filter(batteries::status.eq(BatteryStatus::Available.as_str()))
+            .order((batteries::soc.desc(), batteries::id.asc()))
+            .select(Battery::as_select())
+            .first(ch.conn)
+            .optional()?;
+        let Some(candidate) = candidate else { break };
+        let claimed = diesel::update(
+            batteries::table
+                .find(candidate.id)
+                .filter(batteries::status.eq(BatteryStatus::Available.as_str())),
+        )
+        .set((
+            batteries::status.eq(BatteryStatus::Booked.as_str()),
+            batteries::updated_at.eq(ch.now),
+        ))
+        .returning(batteries::all_columns)
+        .get_result(ch.conn)
+        .optional()?;
+        if let Some(battery) = claimed {
+            return Ok(battery);
+        }
+    }
+    Err(Error::conflict(
+        "no_battery_available",
+        "No battery is available at this station",
+    ))
+}
+
+pub fn book(ch: &mut Change, actor: &Actor, station_id: StationId, hold: Duration) -> Result<BookingView> {
+    let station = stations::load(ch.conn, station_id)?;
+    if station.status != StationStatus::Online.as_str() {
+        return Err(Error::conflict(
+            "station_unavailable",
+            format!("The station is {}", station.status),
+        ));
+    }
+    let battery = claim_battery(ch, station_id)?;
+    let row: Booking = diesel::insert_into(bookings::table)
+        .values(NewBooking {
+            user_id: actor.id.0,
+            station_id: station_id.0,
+            battery_id: battery.id,
+            status: BookingStatus::Confirmed.as_str(),
+            created_at: ch.now,
+            updated_at: ch.now,
+            expires_at: ch.now + hold.as_millis() as i64,
+        })
+        .returning(bookings::all_columns)
+        .get_result(ch.conn)
+        .map_err(on_unique_violation(
+            "no_battery_available",
+            "No battery is available at this station",
+        ))?;
+    let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Book)?;
+    ch.emit(
+        Audience::Station(station_id),
+        EventBody::BatteryBooked {
+            station_id,
+            station_name: station.name.clone(),
+            battery_id: BatteryId(battery.id),
+            inventory,
+            user: actor.email.clone(),
+        },
+    );
+    ch.emit(Audience::Station(station_id), update);
+    ch.emit(
+        Audience::User(actor.id),
+        EventBody::BookingConfirmed {
+            booking_id: BookingId(row.id),
+            station_name: station.name.clone(),
+            battery_info: battery.model.clone(),
+            message: format!("Battery booked successfully at {}", station.name),
+        },
+    );
+    BookingView::from_row(row)
+}
+
+#[derive(Debug, Default)]
+pub struct BookingFilter {
+    pub user_id: Option<UserId>,
+    pub station_id: Option<StationId>,
+    pub status: Option<BookingStatus>,
+}
+
+/// Newest first. Users see their own bookings; admins see all and may filter by user.
+pub fn list(conn: &mut DbConn, actor: &Actor, filter: &BookingFilter, page: Page) -> Result<Listing<BookingView>> {
+    let mut query = bookings::table
+        .select(Booking::as_select())
+        .order(bookings::id.desc())
+        .limit(page.fetch())
+        .into_boxed();
+    if actor.role != Role::Admin {
+        query = query.filter(bookings::user_id.eq(actor.id.0));
+    } else if let Some(user) = filter.user_id {
+        query = query.filter(bookings::user_id.eq(user.0));
+    }
+    if let Some(station) = filter.station_id {
+        query = query.filter(bookings::station_id.eq(station.0));
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(bookings::status.eq(status.as_str()));
+    }
+    if let Some(after) = page.after {
+        query = query.filter(bookings::id.lt(after));
+    }
+    Listing::from_rows(page, query.load(conn)?, |b| b.id, BookingView::from_row)
+}
+
+/// Loads a live booking whose station the actor staffs.
+fn load_for_staff(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<(Booking, crate::db::models::Station)> {
+    let booking = load(ch.conn, id)?;
+    let station = stations::load(ch.conn, StationId(booking.station_id))?;
+    policy::require_station_staff(actor, operator_of(&station))?;
+    Ok((booking, station))
+}
+
+fn wrong_state(booking: &Booking) -> Error {
+    Error::conflict("invalid_booking_state", format!("The booking is {}", booking.status))
+}
+
+pub fn mark_ready(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
+    let (booking, station) = load_for_staff(ch, actor, id)?;
+    if booking.status != BookingStatus::Confirmed.as_str() {
+        return Err(wrong_state(&booking));
+    }
+    let row: Booking = diesel::update(bookings::table.find(id.0))
+        .set((
+            bookings::status.eq(BookingStatus::Ready.as_str()),
+            bookings::ready_at.eq(ch.now),
+            bookings::updated_at.eq(ch.now),
+        ))
+        .returning(bookings::all_columns)
+        .get_result(ch.conn)?;
+    ch.emit(
+        Audience::User(UserId(booking.user_id)),
+        EventBody::BookingReady {
+            booking_id: id,
+            station_name: station.name.clone(),
+            message: format!("Your battery is ready for collection at {}", station.name),
+        },
+    );
+    BookingView::from_row(row)
+}
+
+pub fn collect(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
+    let (booking, station) = load_for_staff(ch, actor, id)?;
+    if !BookingStatus::from_db(&booking.status)?.is_live() {
+        return Err(wrong_state(&booking));
+    }
+    let row = set_final(ch, &booking, BookingStatus::Collected, BatteryStatus::Collected)?;
+    let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Collect)?;
+    ch.emit(
+        Audience::Station(StationId(station.id)),
+        EventBody::BatteryCollected {
+            station_id: StationId(station.id),
+            station_name: station.name.clone(),
+            battery_id: BatteryId(booking.battery_id),
+            inventory,
+        },
+    );
+    ch.emit(Audience::Station(StationId(station.id)), update);
+    BookingView::from_row(row)
+}
+
+pub fn cancel(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
+    let booking = load(ch.conn, id)?;
+    policy::require_owner_or_admin(actor, UserId(booking.user_id))?;
+    if !BookingStatus::from_db(&booking.status)?.is_live() {
+        return Err(wrong_state(&booking));
+    }
+    let station = stations::load(ch.conn, StationId(booking.station_id))?;
+    let row = set_final(ch, &booking, BookingStatus::Cancelled, BatteryStatus::Available)?;
+    announce_inventory(ch, &station, InventoryAction::Update)?;
+    BookingView::from_row(row)
+}
+
+/// Ends a live booking and moves its battery on.
+fn set_final(ch: &mut Change, booking: &Booking, to: BookingStatus, battery: BatteryStatus) -> Result<Booking> {
+    diesel::update(batteries::table.find(booking.battery_id))
+        .set((batteries::status.eq(battery.as_str()), batteries::updated_at.eq(ch.now)))
+        .execute(ch.conn)?;
+    let collected_at = (to == BookingStatus::Collected).then_some(ch.now);
+    let cancelled_at = (to == BookingStatus::Cancelled).then_some(ch.now);
+    Ok(diesel::update(bookings::table.find(booking.id))
+        .set((
+            bookings::status.eq(to.as_str()),
+            bookings::updated_at.eq(ch.now),
+            bookings::collected_at.eq(collected_at.or(booking.collected_at)),
+            bookings::cancelled_at.eq(cancelled_at.or(booking.cancelled_at)),
+        ))
+        .returning(bookings::all_columns)
+        .get_result(ch.conn)?)
+}
+
+/// Expires live bookings whose hold ran out and frees their batteries; returns how many.
+pub fn expire_due(ch: &mut Change) -> Result<usize> {
+    let due: Vec<Booking> = bookings::table
+        .filter(
+            bookings::status
+                .eq(BookingStatus::Confirmed.as_str())
+                .or(bookings::status.eq(BookingStatus::Ready.as_str())),
+        )
+        .filter(bookings::expires_at.le(ch.now))
+        .order(bookings::id.asc())
+        .limit(EXPIRY_BATCH)
+        .select(Booking::as_select())
+        .load(ch.conn)?;
+    for booking in &due {
+        set_final(ch, booking, BookingStatus::Expired, BatteryStatus::Available)?;
+        let station = stations::load(ch.conn, StationId(booking.station_id))?;
+        announce_inventory(ch, &station, InventoryAction::Update)?;
+    }
+    Ok(due.len())
+}

@@ -1,0 +1,175 @@
+//! The one error type of the crate and its mapping to the contract's error body
+//! (`{"error":{"code","message","fields"?}}`, CONTRACT §6).
+//!
+//! Domain services, extractors and handlers all return [`Error`]; nothing else decides a status
+//! code. Database errors are mapped here once: a lost connection or a busy SQLite file is a 503 the
+//! client may retry, a constraint the domain did not foresee is a 409, anything else is a logged 500
+//! (a 500 is always a bug).
+
+use std::collections::BTreeMap;
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use serde_json::json;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not JSON at all.
+    #[error("Malformed JSON: {0}")]
+    MalformedJson(String),
+    /// Field name → what is wrong with it.
+    #[error("Invalid input")]
+    Validation(BTreeMap<String, String>),
+    #[error("Authentication required")]
+    Unauthenticated,
+    #[error("Invalid token")]
+    InvalidToken,
+    /// Kept apart from `InvalidToken` so a client knows to refresh rather than sign in again.
+    #[error("Token expired")]
+    TokenExpired,
+    #[error("Invalid email or password")]
+    InvalidCredentials,
+    #[error("This account is disabled")]
+    AccountDisabled,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("Request body is too large")]
+    PayloadTooLarge,
+    #[error("Database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// A validation error about one field.
+    pub fn field(name: &str, message: impl Into<String>) -> Self {
+        Error::Validation(BTreeMap::from([(name.to_owned(), message.into())]))
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error::Forbidden(message.into())
+    }
+
+    /// The snake_case code of the contract's error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::MalformedJson(_) => "malformed_json",
+            Error::Validation(_) => "validation_failed",
+            Error::Unauthenticated => "not_authenticated",
+            Error::InvalidToken => "invalid_token",
+            Error::TokenExpired => "token_expired",
+            Error::InvalidCredentials => "invalid_credentials",
+            Error::AccountDisabled => "account_disabled",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict { code, .. } => code,
+            Error::PayloadTooLarge => "payload_too_large",
+            Error::Unavailable(_) => "service_unavailable",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unauthenticated | Error::InvalidToken | Error::TokenExpired | Error::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            Error::AccountDisabled | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            Error::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "Internal server error".to_owned()
+            }
+            Error::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                "The database is unavailable; retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({ "code": self.code(), "message": message });
+        if let Error::Validation(fields) = self {
+            body["fields"] = json!(fields);
+        }
+        HttpResponse::build(self.status_code()).json(json!({ "error": body }))
+    }
+}
+
+impl From<DieselError> for Error {
+    fn from(e: DieselError) -> Self {
+        match e {
+            DieselError::NotFound => Error::NotFound("Resource"),
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => Error::Conflict {
+                code: "conflict",
+                message: format!("Conflicts with an existing record: {}", info.message()),
+            },
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                Error::Unavailable(info.message().to_owned())
+            }
+            // SQLite reports a writer that outlasted busy_timeout as a plain error; it is load, not a bug.
+            DieselError::DatabaseError(_, ref info) if info.message().contains("database is locked") => {
+                Error::Unavailable(info.message().to_owned())
+            }
+            other => Error::Internal(anyhow::Error::new(other).context("database error")),
+        }
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for Error {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        Error::Unavailable(e.to_string())
+    }
+}
+
+impl From<actix_web::error::BlockingError> for Error {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        Error::Internal(anyhow::anyhow!("blocking task failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    #[actix_web::test]
+    async fn validation_errors_name_their_fields() {
+        let resp = Error::field("email", "is not an email address").error_response();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: serde_json::Value = serde_json::from_slice(&to_bytes(resp.into_body()).await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "validation_failed");
+        assert_eq!(body["error"]["fields"]["email"], "is not an email address");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let resp = Error::Internal(anyhow::anyhow!("secret detail")).error_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,89 @@
+//! The event log: appended inside the transaction of the change it describes, read by audits and
+//! (later) by resuming clients.
+//!
+//! Ids come from the single `event_counter` row, bumped inside the writing transaction. The row
+//! lock it takes serializes event-producing commits, so ids become visible in increasing order: a
+//! reader that has seen id N never later finds a committed id below N. (A PostgreSQL sequence hands
+//! out ids at call time, so a slow transaction could commit a smaller id after a faster one.)
+
+use diesel::prelude::*;
+
+use super::{Audience, Event, EventBody};
+use crate::db::models::EventRow;
+use crate::db::schema::{event_counter, events};
+use crate::db::DbConn;
+use crate::domain::ids::{EventId, StationId, UserId};
+use crate::error::{Error, Result};
+
+/// Writes the pending events of one transaction and returns them with their ids, in order.
+pub fn append(conn: &mut DbConn, at: i64, pending: Vec<(Audience, EventBody)>) -> Result<Vec<Event>> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = pending.len() as i64;
+    let last: i64 = diesel::update(event_counter::table.find(1))
+        .set(event_counter::last_id.eq(event_counter::last_id + count))
+        .returning(event_counter::last_id)
+        .get_result(conn)?;
+    let first = last - count + 1;
+    let mut written = Vec::with_capacity(pending.len());
+    for (offset, (audience, body)) in pending.into_iter().enumerate() {
+        let (station_id, user_id) = match audience {
+            Audience::Station(s) => (Some(s.0), None),
+            Audience::User(u) => (None, Some(u.0)),
+        };
+        let row = EventRow {
+            id: first + offset as i64,
+            kind: body.kind().to_owned(),
+            station_id,
+            user_id,
+            payload: serde_json::to_string(&body).map_err(anyhow::Error::from)?,
+            created_at: at,
+        };
+        diesel::insert_into(events::table).values(&row).execute(conn)?;
+        written.push(Event {
+            id: EventId(row.id),
+            at,
+            audience,
+            body,
+        });
+    }
+    Ok(written)
+}
+
+/// Events with id > `after`, oldest first.
+pub fn after(conn: &mut DbConn, after: i64, limit: i64) -> Result<Vec<Event>> {
+    events::table
+        .filter(events::id.gt(after))
+        .order(events::id.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(decode)
+        .collect()
+}
+
+/// The newest committed event id (0 before the first event).
+pub fn latest_id(conn: &mut DbConn) -> Result<i64> {
+    Ok(event_counter::table
+        .find(1)
+        .select(event_counter::last_id)
+        .first(conn)?)
+}
+
+fn decode(row: EventRow) -> Result<Event> {
+    let audience = match (row.station_id, row.user_id) {
+        (_, Some(user)) => Audience::User(UserId(user)),
+        (Some(station), None) => Audience::Station(StationId(station)),
+        (None, None) => return Err(Error::Internal(anyhow::anyhow!("event {} has no audience", row.id))),
+    };
+    let body: EventBody = serde_json::from_str(&row.payload)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("event {} payload: {e}", row.id)))?;
+    Ok(Event {
+        id: EventId(row.id),
+        at: row.created_at,
+        audience,
+        body,
+    })
+}

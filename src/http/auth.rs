@@ -1,0 +1,122 @@
+//! `/api/auth/*` and `/api/me`: registration, sign-in sessions, the current user.
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::body::{self, Body};
+use crate::auth::extract::{Caller, COOKIE_NAME};
+use crate::auth::{password, sessions};
+use crate::clock::now_ms;
+use crate::db;
+use crate::domain::users::{self, Registration, UserView};
+use crate::domain::values::{DisplayName, Email, Password, Role};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/auth/register", web::post().to(register))
+        .route("/auth/login", web::post().to(login))
+        .route("/auth/refresh", web::post().to(refresh))
+        .route("/auth/logout", web::post().to(logout))
+        .route("/me", web::get().to(me));
+}
+
+#[derive(Deserialize)]
+struct RegisterRequest {
+    email: String,
+    password: String,
+    display_name: String,
+}
+
+async fn register(state: web::Data<AppState>, body: Body<RegisterRequest>) -> Result<HttpResponse> {
+    let input = body.value;
+    let email = Email::parse(&input.email)?;
+    let display_name = DisplayName::parse(&input.display_name)?;
+    let password = Password::parse(input.password)?;
+    let password_hash = web::block(move || password::hash(&password)).await??;
+    let registration = Registration {
+        email,
+        display_name,
+        password_hash,
+    };
+    let user = state
+        .change(move |ch| users::create(ch, &registration, Role::User))
+        .await?;
+    Ok(HttpResponse::Created().json(json!({ "user": user })))
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+async fn login(state: web::Data<AppState>, req: HttpRequest, body: Body<LoginRequest>) -> Result<HttpResponse> {
+    let LoginRequest { email, password } = body.value;
+    // A malformed email cannot belong to anyone: the same answer as a wrong password.
+    let email = Email::parse(&email).map_err(|_| Error::InvalidCredentials)?;
+    let user = state.read(move |conn| users::find_by_email(conn, &email)).await?;
+    let user = web::block(move || match user {
+        Some(user) if password::verify(&password, &user.password_hash) => Ok(user),
+        Some(_) => Err(Error::InvalidCredentials),
+        None => {
+            password::waste_verification(&password);
+            Err(Error::InvalidCredentials)
+        }
+    })
+    .await??;
+    let (keys, ttl) = (state.keys.clone(), state.settings.refresh_ttl);
+    let session = state
+        .read(move |conn| sessions::start(conn, &keys, ttl, user, now_ms()))
+        .await?;
+    let mut response = HttpResponse::Ok();
+    if body::query(&req)?
+        .get("cookie")
+        .is_some_and(|v| v == "true" || v == "1")
+    {
+        response.cookie(session_cookie(&session.access_token, state.keys.access_ttl));
+    }
+    Ok(response.json(session))
+}
+
+/// The browser session cookie: unreadable by scripts, never sent cross-site.
+fn session_cookie(token: &str, max_age_secs: u64) -> Cookie<'static> {
+    Cookie::build(COOKIE_NAME, token.to_owned())
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(max_age_secs as i64))
+        .finish()
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+async fn refresh(state: web::Data<AppState>, body: Body<RefreshRequest>) -> Result<HttpResponse> {
+    let presented = body.value.refresh_token;
+    let (keys, ttl) = (state.keys.clone(), state.settings.refresh_ttl);
+    let session = state
+        .read(move |conn| db::write(conn, |conn| sessions::rotate(conn, &keys, ttl, &presented, now_ms())))
+        .await?;
+    Ok(HttpResponse::Ok().json(session))
+}
+
+async fn logout(state: web::Data<AppState>, body: Body<RefreshRequest>) -> Result<HttpResponse> {
+    let presented = body.value.refresh_token;
+    state.read(move |conn| sessions::end(conn, &presented)).await?;
+    let mut gone = session_cookie("", 0);
+    gone.make_removal();
+    Ok(HttpResponse::NoContent().cookie(gone).finish())
+}
+
+async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+    let id = caller.actor()?.id;
+    let user = state
+        .read(move |conn| UserView::from_row(users::get(conn, id)?))
+        .await?;
+    Ok(HttpResponse::Ok().json(user))
+}

@@ -1,0 +1,95 @@
+//! `/api/bookings/*`: booking a battery and moving the booking through its lifecycle.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::body::{self, Body};
+use super::idempotency;
+use crate::auth::extract::Caller;
+use crate::auth::Actor;
+use crate::domain::bookings::{self, BookingFilter, BookingView};
+use crate::domain::ids::{BookingId, StationId, UserId};
+use crate::domain::values::BookingStatus;
+use crate::domain::Change;
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/bookings", web::post().to(book))
+        .route("/bookings", web::get().to(list))
+        .route("/bookings/{id}/ready", web::post().to(ready))
+        .route("/bookings/{id}/collect", web::post().to(collect))
+        .route("/bookings/{id}/cancel", web::post().to(cancel));
+}
+
+#[derive(Deserialize)]
+struct BookRequest {
+    station_id: i64,
+}
+
+async fn book(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: Body<BookRequest>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let station = StationId(body.value.station_id);
+    let hold = state.settings.booking_hold();
+    let who = actor.clone();
+    idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
+        bookings::book(ch, &actor, station, hold)
+    })
+    .await
+}
+
+async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let query = body::query(&req)?;
+    let page = body::page(&query)?;
+    let status = match query.get("status") {
+        None => None,
+        Some(raw) => Some(
+            BookingStatus::ALL
+                .iter()
+                .copied()
+                .find(|s| s.as_str() == raw)
+                .ok_or_else(|| Error::field("status", "is not a booking status"))?,
+        ),
+    };
+    let filter = BookingFilter {
+        user_id: body::int_param(&query, "user_id")?.map(UserId),
+        station_id: body::int_param(&query, "station_id")?.map(StationId),
+        status,
+    };
+    let listing = state
+        .read(move |conn| bookings::list(conn, &actor, &filter, page))
+        .await?;
+    Ok(HttpResponse::Ok().json(listing))
+}
+
+/// The three lifecycle steps share their shape: an actor, a booking id, a change.
+async fn step(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    op: fn(&mut Change, &Actor, BookingId) -> Result<BookingView>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let id = BookingId(id.into_inner());
+    let booking = state.change(move |ch| op(ch, &actor, id)).await?;
+    Ok(HttpResponse::Ok().json(booking))
+}
+
+async fn ready(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+    step(state, caller, id, bookings::mark_ready).await
+}
+
+async fn collect(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+    step(state, caller, id, bookings::collect).await
+}
+
+async fn cancel(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+    step(state, caller, id, bookings::cancel).await
+}

@@ -1,0 +1,212 @@
+//! `/api/stations/*` and `/api/batteries/*`: the network, its inventory, and battery changes.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::body::{self, double_option, Body};
+use super::idempotency;
+use crate::auth::extract::Caller;
+use crate::auth::policy;
+use crate::domain::batteries::{self, BatteryPatch, NewBatteryInput, ReturnInput};
+use crate::domain::ids::{BatteryId, StationId, UserId};
+use crate::domain::stations::{self, NewStationInput, StationPatch};
+use crate::domain::values::{Address, BatteryModel, Percent, Serial, StationName, StationStatus};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/stations", web::get().to(list))
+        .route("/stations", web::post().to(create))
+        .route("/stations/{id}", web::get().to(get))
+        .route("/stations/{id}", web::patch().to(update))
+        .route("/stations/{id}/batteries", web::get().to(list_batteries))
+        .route("/stations/{id}/batteries", web::post().to(add_battery))
+        .route("/stations/{id}/returns", web::post().to(record_return))
+        .route("/batteries/{id}", web::patch().to(update_battery));
+}
+
+fn may_read(state: &AppState, caller: &Caller) -> Result<()> {
+    policy::may_read_stations(caller.0.as_ref(), state.settings.public_feeds)
+}
+
+async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
+    may_read(&state, &caller)?;
+    let page = body::page(&body::query(&req)?)?;
+    let listing = state.read(move |conn| stations::list(conn, page)).await?;
+    Ok(HttpResponse::Ok().json(listing))
+}
+
+async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+    may_read(&state, &caller)?;
+    let id = StationId(id.into_inner());
+    Ok(HttpResponse::Ok().json(state.read(move |conn| stations::get(conn, id)).await?))
+}
+
+#[derive(Deserialize)]
+struct CreateStation {
+    name: String,
+    address: Option<String>,
+    status: Option<StationStatus>,
+    operator_id: Option<i64>,
+}
+
+async fn create(state: web::Data<AppState>, caller: Caller, body: Body<CreateStation>) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let input = body.value;
+    let input = NewStationInput {
+        name: StationName::parse(&input.name)?,
+        address: input.address.as_deref().map(Address::parse).transpose()?,
+        status: input.status.unwrap_or(StationStatus::Online),
+        operator_id: input.operator_id.map(UserId),
+    };
+    let station = state.change(move |ch| stations::create(ch, &actor, &input)).await?;
+    Ok(HttpResponse::Created().json(station))
+}
+
+#[derive(Deserialize)]
+struct PatchStation {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    address: Option<Option<String>>,
+    status: Option<StationStatus>,
+    #[serde(default, deserialize_with = "double_option")]
+    operator_id: Option<Option<i64>>,
+}
+
+async fn update(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    body: Body<PatchStation>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let id = StationId(id.into_inner());
+    let input = body.value;
+    let patch = StationPatch {
+        name: input.name.as_deref().map(StationName::parse).transpose()?,
+        address: input
+            .address
+            .map(|a| a.as_deref().map(Address::parse).transpose())
+            .transpose()?,
+        status: input.status,
+        operator_id: input.operator_id.map(|o| o.map(UserId)),
+    };
+    let station = state.change(move |ch| stations::update(ch, &actor, id, &patch)).await?;
+    Ok(HttpResponse::Ok().json(station))
+}
+
+async fn list_batteries(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
+    may_read(&state, &caller)?;
+    let id = StationId(id.into_inner());
+    let page = body::page(&body::query(&req)?)?;
+    Ok(HttpResponse::Ok().json(state.read(move |conn| batteries::list(conn, id, page)).await?))
+}
+
+/// A new battery is assumed full and healthy unless told otherwise.
+const NEW_BATTERY_PERCENT: i64 = 100;
+
+#[derive(Deserialize)]
+struct AddBattery {
+    serial: String,
+    model: String,
+    soc: Option<i64>,
+    soh: Option<i64>,
+}
+
+async fn add_battery(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: Body<AddBattery>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let id = StationId(id.into_inner());
+    let AddBattery {
+        serial,
+        model,
+        soc,
+        soh,
+    } = &body.value;
+    let input = NewBatteryInput {
+        serial: Serial::parse(serial)?,
+        model: BatteryModel::parse(model)?,
+        soc: Percent::parse("soc", soc.unwrap_or(NEW_BATTERY_PERCENT))?,
+        soh: Percent::parse("soh", soh.unwrap_or(NEW_BATTERY_PERCENT))?,
+    };
+    let who = actor.clone();
+    idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
+        batteries::add(ch, &actor, id, &input)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct ReturnBattery {
+    serial: String,
+    soc: i64,
+}
+
+async fn record_return(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: Body<ReturnBattery>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let id = StationId(id.into_inner());
+    let input = ReturnInput {
+        serial: Serial::parse(&body.value.serial)?,
+        soc: Percent::parse("soc", body.value.soc)?,
+    };
+    let who = actor.clone();
+    idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
+        batteries::record_return(ch, &actor, id, &input)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct PatchBattery {
+    soc: Option<i64>,
+    soh: Option<i64>,
+    status: Option<String>,
+}
+
+async fn update_battery(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<i64>,
+    body: Body<PatchBattery>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let id = BatteryId(id.into_inner());
+    let input = body.value;
+    let retire = match input.status.as_deref() {
+        None => false,
+        Some("retired") => true,
+        Some(_) => {
+            return Err(Error::field(
+                "status",
+                "only \"retired\" can be set; other statuses follow the battery's lifecycle",
+            ))
+        }
+    };
+    let patch = BatteryPatch {
+        soc: input.soc.map(|v| Percent::parse("soc", v)).transpose()?,
+        soh: input.soh.map(|v| Percent::parse("soh", v)).transpose()?,
+        retire,
+    };
+    let charged_soc = state.settings.charged_soc;
+    let battery = state
+        .change(move |ch| batteries::update(ch, &actor, id, &patch, charged_soc))
+        .await?;
+    Ok(HttpResponse::Ok().json(battery))
+}

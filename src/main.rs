@@ -1,0 +1,61 @@
+//! The `swapcast` command: `serve` (the default), `migrate`, `create-admin`.
+
+use clap::{Parser, Subcommand};
+use swapcast::config::Settings;
+use swapcast::startup::{self, Application};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "swapcast",
+    version,
+    about = "A realtime server for a network of battery-swap stations"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and the WebSocket endpoints (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create an admin user.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        /// Prefer the environment variable: command lines are visible to other local users.
+        #[arg(long, env = "SWAPCAST_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
+    },
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => Application::build(cli.settings).await?.run_until_stopped().await?,
+        Command::Migrate => {
+            startup::open_database(&cli.settings).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::CreateAdmin {
+            email,
+            password,
+            display_name,
+        } => {
+            let admin = startup::create_admin(&cli.settings, &email, password, &display_name).await?;
+            println!("created admin {} (id {})", admin.email, admin.id);
+        }
+    }
+    Ok(())
+}

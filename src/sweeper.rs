@@ -1,0 +1,45 @@
+//! Background housekeeping: expiring bookings whose hold ran out, and forgetting what is no
+//! longer needed (idempotency keys after a day, expired refresh tokens).
+
+use std::time::Duration;
+
+use crate::auth::sessions;
+use crate::clock::now_ms;
+use crate::domain::bookings;
+use crate::state::AppState;
+
+/// How often due bookings are looked for: the longest a booking outlives its hold.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Pruning is cheap but pointless more often than this.
+const PRUNE_EVERY_TICKS: u64 = 60;
+
+pub fn spawn(state: AppState) {
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(EXPIRY_INTERVAL);
+        for round in 0u64.. {
+            tick.tick().await;
+            // Keep expiring until none are due, so a backlog clears in one tick.
+            loop {
+                match state.change(bookings::expire_due).await {
+                    Ok(n) if n > 0 => tracing::info!(expired = n, "bookings expired"),
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "booking expiry failed; retrying next tick");
+                        break;
+                    }
+                }
+            }
+            if round % PRUNE_EVERY_TICKS == 0 {
+                let pruned = state
+                    .read(|conn| {
+                        let now = now_ms();
+                        Ok(crate::http::prune_idempotency_keys(conn, now)? + sessions::prune(conn, now)?)
+                    })
+                    .await;
+                if let Err(e) = pruned {
+                    tracing::warn!(error = %e, "pruning failed; retrying later");
+                }
+            }
+        }
+    });
+}
