@@ -49,15 +49,16 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
 }
 
 /// Parses JSON, telling text that is not JSON (400) from JSON of the wrong shape (422, by field).
+/// Bodies must be objects: serde would otherwise fill a struct from an array by position.
 pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T> {
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|e| Error::MalformedJson(strip_position(&e.to_string())))?;
+    if !value.is_object() {
+        return Err(Error::field("body", "must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if !inner.is_data() {
-            return Error::MalformedJson(strip_position(&inner.to_string()));
-        }
-        let message = strip_position(&inner.to_string());
+        let message = strip_position(&e.into_inner().to_string());
         let field = match message
             .strip_prefix("missing field `")
             .and_then(|m| m.split('`').next())
@@ -68,10 +69,7 @@ pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T> {
             None => path,
         };
         Error::field(&field, message)
-    })?;
-    de.end()
-        .map_err(|e| Error::MalformedJson(strip_position(&e.to_string())))?;
-    Ok(value)
+    })
 }
 
 /// serde_json appends " at line L column C"; the field name says more to an API client.

@@ -1,0 +1,306 @@
+//! `spawn_app` and friends: a running server, its fresh database, and clients for each role.
+
+use std::time::Duration;
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use swapcast::config::Settings;
+use swapcast::startup::{self, Application};
+
+pub const JWT_SECRET: &str = "test-secret-not-for-production";
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A fresh database for one test, dropped with it.
+pub enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite(dir) => format!("sqlite://{}", dir.path().join("swapcast.db").display()),
+            TestDb::Postgres { admin_url, name } => format!("{admin_url}/{name}"),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin_url, name } = self {
+            if let Ok(mut conn) = PgConnection::establish(&format!("{admin_url}/postgres")) {
+                // Best effort: a leftover test database is harmless and has a unique name.
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn);
+            }
+        }
+    }
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("SWAPCAST_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh PostgreSQL database, or `None` (with the reason printed) when PostgreSQL cannot be
+/// reached on a developer machine. Under `CI=true`, or when PostgreSQL was asked for, that is a
+/// failure instead.
+pub fn postgres_db() -> Option<TestDb> {
+    let admin_url = pg_admin_url();
+    match PgConnection::establish(&format!("{admin_url}/postgres")) {
+        Ok(mut conn) => {
+            let name = format!(
+                "swapcast_test_{}",
+                swapcast::auth::tokens::random_secret()[..16].to_owned()
+            );
+            diesel::sql_query(format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .expect("create test database");
+            Some(TestDb::Postgres { admin_url, name })
+        }
+        Err(e) => {
+            let required = std::env::var("CI").is_ok_and(|v| v == "true") || wants_postgres();
+            assert!(
+                !required,
+                "PostgreSQL at {admin_url} is required here but unreachable: {e}"
+            );
+            eprintln!("skipping: PostgreSQL at {admin_url} is unreachable ({e})");
+            None
+        }
+    }
+}
+
+fn wants_postgres() -> bool {
+    std::env::var("SWAPCAST_TEST_DATABASE").is_ok_and(|v| v == "postgres")
+}
+
+/// The database the suite runs on: SQLite unless `SWAPCAST_TEST_DATABASE=postgres`.
+pub fn fresh_db() -> TestDb {
+    if wants_postgres() {
+        postgres_db().expect("PostgreSQL was asked for")
+    } else {
+        TestDb::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+}
+
+/// A signed-in user of the running app.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: i64,
+    pub email: String,
+    pub token: String,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub admin: TestUser,
+    pub db: TestDb,
+}
+
+pub fn test_settings(db: &TestDb) -> Settings {
+    Settings {
+        database_url: db.url(),
+        bind: "127.0.0.1:0".into(),
+        jwt_secret: Some(JWT_SECRET.into()),
+        ..Settings::default()
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(fresh_db(), |_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(fresh_db(), tweak).await
+}
+
+/// Starts the server on `db` and signs in a first admin (made by the CLI's own code path).
+pub async fn spawn_app_on(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(&db);
+    tweak(&mut settings);
+    let app = Application::build(settings.clone()).await.expect("server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let admin_email = "admin@swapcast.test";
+    startup::create_admin(&settings, admin_email, PASSWORD.into(), "Admin")
+        .await
+        .expect("create admin");
+    let mut app = TestApp {
+        address,
+        client,
+        admin: TestUser {
+            id: 0,
+            email: admin_email.into(),
+            token: String::new(),
+        },
+        db,
+    };
+    app.admin = app.login(admin_email, PASSWORD).await;
+    app
+}
+
+/// A response's status and JSON body (`Null` when the body is empty or not JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.body);
+        self.body
+    }
+
+    /// Asserts the contract's error body with this status and code.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Value {
+        let body = self.expect(status);
+        assert_eq!(body["error"]["code"], code, "unexpected error: {body}");
+        assert!(body["error"]["message"].is_string(), "error without message: {body}");
+        body
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Self::reply(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn reply(response: reqwest::Response) -> Reply {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body");
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn register(&self, email: &str) -> Value {
+        self.post(
+            "/api/auth/register",
+            None,
+            json!({"email": email, "password": PASSWORD, "display_name": "Driver"}),
+        )
+        .await
+        .expect(201)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> TestUser {
+        let body = self
+            .post("/api/auth/login", None, json!({"email": email, "password": password}))
+            .await
+            .expect(200);
+        TestUser {
+            id: body["user"]["id"].as_i64().unwrap(),
+            email: email.to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// A new signed-in user with the given role (`user`, `operator`, `admin`).
+    pub async fn user(&self, role: &str) -> TestUser {
+        let email = format!(
+            "{role}-{}@swapcast.test",
+            &swapcast::auth::tokens::random_secret()[..10]
+        );
+        let id = self.register(&email).await["user"]["id"].as_i64().unwrap();
+        if role != "user" {
+            self.patch(
+                &format!("/api/users/{id}"),
+                Some(&self.admin.token),
+                json!({"role": role}),
+            )
+            .await
+            .expect(200);
+        }
+        self.login(&email, PASSWORD).await
+    }
+
+    pub async fn station(&self, name: &str, operator: Option<&TestUser>) -> i64 {
+        let body = json!({"name": name, "address": "1 Main St", "operator_id": operator.map(|o| o.id)});
+        self.post("/api/stations", Some(&self.admin.token), body)
+            .await
+            .expect(201)["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    pub async fn battery(&self, station: i64, serial: &str) -> i64 {
+        let body = json!({"serial": serial, "model": "Tesla Battery - Model 3", "soc": 90, "soh": 98});
+        self.post(
+            &format!("/api/stations/{station}/batteries"),
+            Some(&self.admin.token),
+            body,
+        )
+        .await
+        .expect(201)["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    pub async fn book(&self, station: i64, user: &TestUser) -> Value {
+        self.post("/api/bookings", Some(&user.token), json!({"station_id": station}))
+            .await
+            .expect(201)
+    }
+
+    /// The newest event id so far.
+    pub async fn last_event_id(&self) -> i64 {
+        let mut after = 0;
+        loop {
+            let page = self
+                .get(&format!("/api/events?after={after}&limit=500"), Some(&self.admin.token))
+                .await
+                .expect(200);
+            match page["items"].as_array().unwrap().last() {
+                Some(last) => after = last["event_id"].as_i64().unwrap(),
+                None => return after,
+            }
+        }
+    }
+
+    /// Events after `after`, oldest first.
+    pub async fn events_after(&self, after: i64) -> Vec<Value> {
+        let page = self
+            .get(&format!("/api/events?after={after}&limit=500"), Some(&self.admin.token))
+            .await
+            .expect(200);
+        page["items"].as_array().unwrap().clone()
+    }
+}
+
+/// Just the `type`s of some events.
+pub fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}

@@ -1,0 +1,16 @@
+//! One integration-test binary: the real server on port 0, a fresh database per test, real HTTP.
+//!
+//! `SWAPCAST_TEST_DATABASE=postgres` runs every test against PostgreSQL (a fresh database per test
+//! on `SWAPCAST_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432`); the default is SQLite.
+
+mod helpers;
+
+mod auth;
+mod authorization;
+mod bookings;
+mod cli;
+mod errors;
+mod events;
+mod idempotency;
+mod lists;
+mod notifications;
