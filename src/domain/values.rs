@@ -99,7 +99,7 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Email> {
         let email = raw.trim().to_lowercase();
         let valid = email.len() <= 254
-            && !email.chars().any(char::is_whitespace)
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
             && matches!(email.split_once('@'), Some((local, domain))
                 if !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
         if valid {
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn emails_are_lowercased_and_checked() {
         assert_eq!(Email::parse(" Bob@Example.COM ").unwrap().as_str(), "bob@example.com");
-        for bad in ["", "bob", "@x", "bob@", "a b@c", "a@b@c"] {
+        for bad in ["", "bob", "@x", "bob@", "a b@c", "a@b@c", "a\0@b.c"] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -5,6 +5,7 @@
 //! when it is read. No other module builds event JSON.
 
 pub mod log;
+pub mod wire;
 
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{postgres_db, spawn_app, spawn_app_on};
 
 #[actix_web::test]
 async fn malformed_json_is_400() {
@@ -228,4 +228,33 @@ async fn bad_tokens_are_401_even_on_public_routes() {
         .await
         .expect_error(401, "invalid_token");
     app.get("/api/me", None).await.expect_error(401, "not_authenticated");
+}
+
+#[actix_web::test]
+async fn control_characters_are_refused_not_stored() {
+    let app = spawn_app().await;
+    let register = json!({"email": "a\u{0}@b.c", "password": "long enough", "display_name": "A"});
+    app.post("/api/auth/register", None, register)
+        .await
+        .expect_error(422, "validation_failed");
+    app.post("/api/stations", Some(&app.admin.token), json!({"name": "a\u{0}b"}))
+        .await
+        .expect_error(422, "validation_failed");
+    let login = json!({"email": "a\u{0}@b.c", "password": "long enough"});
+    app.post("/api/auth/login", None, login)
+        .await
+        .expect_error(401, "invalid_credentials");
+}
+
+/// A database that goes away is a 503 the client may retry, not a 500.
+#[actix_web::test]
+async fn a_lost_database_is_503() {
+    let Some(db) = postgres_db() else { return };
+    let app = spawn_app_on(db, |_| {}).await;
+    app.get("/readyz", None).await.expect(200);
+    app.db.destroy();
+    app.get("/readyz", None).await.expect_error(503, "service_unavailable");
+    app.get("/api/stations", None)
+        .await
+        .expect_error(503, "service_unavailable");
 }

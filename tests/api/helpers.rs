@@ -26,14 +26,21 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
+impl TestDb {
+    /// Drops a PostgreSQL test database, closing its connections (a SQLite one goes with its folder).
+    pub fn destroy(&self) {
         if let TestDb::Postgres { admin_url, name } = self {
             if let Ok(mut conn) = PgConnection::establish(&format!("{admin_url}/postgres")) {
                 // Best effort: a leftover test database is harmless and has a unique name.
                 let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn);
             }
         }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        self.destroy();
     }
 }
 

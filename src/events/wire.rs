@@ -1,0 +1,130 @@
+//! Events as WebSocket text: seed 001's message plus `event_id` and `timestamp`, rendered once per
+//! audience and shared by every recipient (a `ByteString` clone is a reference-count bump).
+
+use bytestring::ByteString;
+use serde_json::{json, Map, Value};
+
+use super::{Audience, Event, EventBody, InventoryAction};
+use crate::clock::iso;
+use crate::domain::stations::StationView;
+
+/// The rendered forms of one event.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub event_id: i64,
+    pub audience: Audience,
+    /// What every entitled connection receives.
+    pub public: ByteString,
+    /// The form with personal data, for admins and the station's operator; only events that carry
+    /// personal data (`battery_booked.user`) have one.
+    pub private: Option<ByteString>,
+}
+
+impl Rendered {
+    pub fn for_viewer(&self, sees_personal_data: bool) -> &ByteString {
+        match (&self.private, sees_personal_data) {
+            (Some(private), true) => private,
+            _ => &self.public,
+        }
+    }
+}
+
+/// Field names that hold personal data and are removed from the public form.
+const PERSONAL_FIELDS: &[&str] = &["user"];
+
+pub fn render(event: &Event) -> Rendered {
+    let mut object = match serde_json::to_value(&event.body) {
+        Ok(Value::Object(map)) => map,
+        // Every EventBody variant is a struct variant with a tag: always an object.
+        _ => Map::new(),
+    };
+    object.insert("event_id".into(), json!(event.id.0));
+    object.insert("timestamp".into(), json!(iso(event.at)));
+    let private = PERSONAL_FIELDS
+        .iter()
+        .any(|f| object.contains_key(*f))
+        .then(|| text(&Value::Object(object.clone())));
+    for field in PERSONAL_FIELDS {
+        object.remove(*field);
+    }
+    Rendered {
+        event_id: event.id.0,
+        audience: event.audience,
+        public: text(&Value::Object(object)),
+        private,
+    }
+}
+
+/// The `inventory_update` with `action: snapshot` that opens a station subscription. It is not an
+/// event: it carries the position it reflects as `last_event_id`, not an `event_id`.
+pub fn snapshot(station: &StationView, position: i64, at: i64) -> ByteString {
+    let body = EventBody::InventoryUpdate {
+        station_id: station.id,
+        station_name: station.name.clone(),
+        inventory: station.inventory.clone(),
+        action: InventoryAction::Snapshot,
+    };
+    let mut value = serde_json::to_value(&body).unwrap_or(Value::Null);
+    value["timestamp"] = json!(iso(at));
+    value["last_event_id"] = json!(position);
+    text(&value)
+}
+
+/// Any server message as text.
+pub fn text(value: &Value) -> ByteString {
+    ByteString::from(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{BatteryId, EventId, StationId, UserId};
+    use crate::events::Inventory;
+
+    fn booked() -> Event {
+        Event {
+            id: EventId(7),
+            at: 1_709_029_800_000,
+            audience: Audience::Station(StationId(1)),
+            body: EventBody::BatteryBooked {
+                station_id: StationId(1),
+                station_name: "Downtown Station".into(),
+                battery_id: BatteryId(5),
+                inventory: Inventory {
+                    available_batteries: 14,
+                    booked_batteries: 4,
+                    total_batteries: 18,
+                },
+                user: "user@example.com".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn personal_data_only_in_the_private_form() {
+        let rendered = render(&booked());
+        let public: Value = serde_json::from_str(&rendered.public).unwrap();
+        let private: Value = serde_json::from_str(rendered.private.as_ref().unwrap()).unwrap();
+        assert!(public.get("user").is_none());
+        assert_eq!(private["user"], "user@example.com");
+        assert_eq!(public["event_id"], 7);
+        assert_eq!(public["timestamp"], "2024-02-27T10:30:00.000Z");
+        assert_eq!(rendered.for_viewer(false), &rendered.public);
+    }
+
+    #[test]
+    fn events_without_personal_data_have_one_form() {
+        let event = Event {
+            body: EventBody::Notification {
+                title: "t".into(),
+                message: "m".into(),
+                level: crate::domain::values::Level::Info,
+            },
+            audience: Audience::User(UserId(3)),
+            ..booked()
+        };
+        let rendered = render(&event);
+        assert!(rendered.private.is_none());
+        assert_eq!(rendered.for_viewer(true), &rendered.public);
+    }
+}
