@@ -2,7 +2,8 @@
 //!
 //! How a change travels: an HTTP request → [`auth`] (who is calling) → a [`domain`] service (may
 //! they? is the input valid?) → one database transaction that writes the rows and their
-//! [`events`] → commit → [`state::AppState::change`], the one publish point.
+//! [`events`] → commit → [`state::AppState::change`], the one publish point → [`realtime`] actors →
+//! [`ws`] sessions → sockets.
 //!
 //! - [`config`]   settings from environment and flags; every limit a named, documented default
 //! - [`startup`]  builds the pool, keys, HTTP server and sweeper; binds its own listener
@@ -12,6 +13,8 @@
 //! - [`db`]       the SQLite/PostgreSQL connection, pool, migrations, schema and row models
 //! - [`domain`]   ids, validated values, one service per aggregate; each returns its events
 //! - [`events`]   the event vocabulary (seed 001's messages) and the event log
+//! - [`realtime`] the actors that route committed events to sessions: publisher, registry, notifiers
+//! - [`ws`]       the WebSocket endpoints and the session actor (the only user of actix-web-actors)
 //! - [`http`]     REST routes, input parsing at the edge, idempotency, health
 //! - [`sweeper`]  booking expiry and pruning in the background
 //! - [`clock`]    time as stored (unix ms) and as shown (RFC 3339)
@@ -24,6 +27,8 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod realtime;
 pub mod startup;
 pub mod state;
 pub mod sweeper;
+pub mod ws;

@@ -15,16 +15,31 @@ use crate::db::{self, Pool};
 use crate::domain::users::{self, Registration, UserView};
 use crate::domain::values::{DisplayName, Email, Password, Role};
 use crate::domain::{self as domain_mod};
+use crate::events::log;
+use crate::realtime::messages::ShutDownAll;
+use crate::realtime::Hub;
 use crate::state::AppState;
-use crate::{http, sweeper};
+use crate::{http, sweeper, ws};
 
 /// Access-log line: method, path without the query string (which may carry a token), status,
 /// size, time.
 const ACCESS_LOG_FORMAT: &str = "%{method}xi %U %s %b %Dms";
 
+/// The kernel send buffer of each connection. Fixed rather than autotuned (which grows to 4 MiB on
+/// Linux) so a client that stops reading holds little memory, and its session's queue fills and
+/// overflows (close 1013) instead of the kernel buffering for it without bound.
+const SOCKET_SEND_BUFFER: usize = 256 * 1024;
+
+/// How long open WebSockets get to receive their 1001 Close before the server stops accepting
+/// and lets in-flight requests finish.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest in-flight requests may take to finish after a stop signal.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
 pub struct Application {
     port: u16,
     server: Server,
+    hub: Hub,
 }
 
 impl Application {
@@ -39,20 +54,45 @@ impl Application {
                 .app_data(data.clone())
                 .wrap(NormalizePath::trim())
                 .wrap(Logger::new(ACCESS_LOG_FORMAT).custom_request_replace("method", |req| req.method().to_string()))
+                .configure(ws::configure)
                 .configure(http::configure)
         })
+        .on_connect(|connection, _| {
+            if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(SOCKET_SEND_BUFFER) {
+                    tracing::debug!(error = %e, "cannot size the send buffer; keeping the kernel's");
+                }
+            }
+        })
+        // Signals are handled in `run_until_stopped`, which first closes every WebSocket with 1001.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         .listen(listener)?
         .run();
+        let hub = state.hub.clone();
         sweeper::spawn(state);
         tracing::info!(port, "swapcast is serving");
-        Ok(Application { port, server })
+        Ok(Application { port, server, hub })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until SIGINT or SIGTERM; then every WebSocket gets Close 1001, in-flight requests
+    /// finish, and this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let hub = self.hub;
+        actix_web::rt::spawn(async move {
+            stop_signal().await;
+            tracing::info!("stopping: closing WebSockets, finishing requests");
+            if hub.registry.send(ShutDownAll).await.is_err() {
+                tracing::warn!("the registry was already gone at shutdown");
+            }
+            actix_web::rt::time::sleep(CLOSE_GRACE).await;
+            handle.stop(true).await;
+        });
         self.server.await
     }
 }
@@ -68,6 +108,31 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<Pool> {
     .await?
 }
 
+async fn stop_signal() {
+    use actix_web::rt::signal;
+    #[cfg(unix)]
+    {
+        let mut term = match signal::unix::signal(signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio_select(signal::ctrl_c(), term.recv()).await;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = signal::ctrl_c().await;
+    }
+}
+
+/// Waits for whichever of two futures finishes first.
+async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    futures_util::future::select(Box::pin(a), Box::pin(b)).await;
+}
+
 async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
     let pool = open_database(&settings).await?;
     let secret = match &settings.jwt_secret {
@@ -79,10 +144,17 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         }
     };
     let keys = tokens::TokenKeys::new(secret.as_bytes(), settings.access_ttl);
+    let last_event_id = {
+        let pool = pool.clone();
+        actix_web::rt::task::spawn_blocking(move || log::latest_id(&mut *pool.get()?).map_err(anyhow::Error::from))
+            .await??
+    };
+    let hub = Hub::start(last_event_id);
     Ok(AppState {
         pool,
         settings: Arc::new(settings),
         keys: Arc::new(keys),
+        hub,
     })
 }
 

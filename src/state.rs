@@ -8,24 +8,32 @@ use crate::config::Settings;
 use crate::db::{self, DbConn, Pool};
 use crate::domain::{self, Change};
 use crate::error::Result;
+use crate::realtime::Hub;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
     pub settings: Arc<Settings>,
     pub keys: Arc<TokenKeys>,
+    pub hub: Hub,
 }
 
 impl AppState {
-    /// Runs one domain change in its own transaction, off the async threads. Its events are in
-    /// the log when this returns; this is the one place that hands them on to live delivery.
+    /// Runs one domain change in its own transaction, off the async threads, and hands its events
+    /// to the hub right after the commit — on the committing thread, so they are published even if
+    /// the request that made them is abandoned meanwhile. This is the only publish point.
     pub async fn change<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&mut Change) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let committed = db::run(&self.pool, move |conn| domain::commit(conn, f)).await?;
-        Ok(committed.value)
+        let hub = self.hub.clone();
+        db::run(&self.pool, move |conn| {
+            let committed = domain::commit(conn, f)?;
+            hub.publish(committed.events);
+            Ok(committed.value)
+        })
+        .await
     }
 
     /// Runs a read (or a write that produces no events) off the async threads.

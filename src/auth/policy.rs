@@ -40,6 +40,16 @@ pub fn require_station_staff(actor: &Actor, station_operator: Option<UserId>) ->
     }
 }
 
+/// Whether a caller sees personal data (`battery_booked.user`) of a station's events: its staff.
+pub fn sees_personal_data(actor: Option<&Actor>, station_operator: Option<UserId>) -> bool {
+    actor.is_some_and(|a| is_station_staff(a, station_operator))
+}
+
+/// Whether a caller sees personal data of every station, present and future: admins.
+pub fn sees_all_personal_data(actor: Option<&Actor>) -> bool {
+    actor.is_some_and(|a| a.role == Role::Admin)
+}
+
 /// Cancelling a booking: its owner, or an admin.
 pub fn require_owner_or_admin(actor: &Actor, owner: UserId) -> Result<()> {
     if actor.role == Role::Admin || actor.id == owner {

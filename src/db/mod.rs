@@ -163,9 +163,24 @@ where
 /// waiting) when another writer committed in between, which would turn ordinary contention into
 /// errors.
 pub fn write<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T>) -> Result<T> {
+    transaction(conn, "BEGIN IMMEDIATE", "BEGIN", f)
+}
+
+/// Runs `f` in one read-only transaction that sees a single snapshot of the database, so related
+/// reads (the newest event id and the inventory it produced) agree with each other.
+pub fn read_consistent<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> Result<T>) -> Result<T> {
+    transaction(conn, "BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", f)
+}
+
+fn transaction<T>(
+    conn: &mut DbConn,
+    sqlite_begin: &str,
+    pg_begin: &str,
+    f: impl FnOnce(&mut DbConn) -> Result<T>,
+) -> Result<T> {
     match conn {
-        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
-        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c)?,
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, sqlite_begin)?,
+        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction_sql(c, pg_begin)?,
     }
     match f(conn) {
         Ok(value) => {

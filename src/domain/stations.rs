@@ -86,6 +86,22 @@ pub fn load(conn: &mut DbConn, id: StationId) -> Result<Station> {
         .ok_or(Error::NotFound("Station"))
 }
 
+/// (station, its operator) for every station the given caller operates; admins and anonymous
+/// callers get none (admins see everything anyway).
+pub fn operated_by(conn: &mut DbConn, actor: Option<&Actor>) -> Result<Vec<(StationId, Option<UserId>)>> {
+    let Some(actor) = actor.filter(|a| a.role == Role::Operator) else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<(i64, Option<i64>)> = stations::table
+        .filter(stations::operator_id.eq(actor.id.0))
+        .select((stations::id, stations::operator_id))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, op)| (StationId(id), op.map(UserId)))
+        .collect())
+}
+
 pub fn operator_of(station: &Station) -> Option<UserId> {
     station.operator_id.map(UserId)
 }
@@ -105,8 +121,30 @@ pub fn list(conn: &mut DbConn, page: Page) -> Result<Listing<StationView>> {
     if let Some(after) = page.after {
         query = query.filter(stations::id.gt(after));
     }
-    let rows: Vec<Station> = query.load(conn)?;
-    // One grouped query for the whole page: its ids are a contiguous, ordered range.
+    let mut rows: Vec<Station> = query.load(conn)?;
+    let next_cursor = if rows.len() as i64 > page.limit {
+        rows.truncate(page.limit as usize);
+        rows.last().map(|s| s.id.to_string())
+    } else {
+        None
+    };
+    Ok(Listing {
+        items: with_inventory(conn, rows)?,
+        next_cursor,
+    })
+}
+
+/// Every station, for the snapshot of an all-stations subscription.
+pub fn all(conn: &mut DbConn) -> Result<Vec<StationView>> {
+    let rows = stations::table
+        .select(Station::as_select())
+        .order(stations::id.asc())
+        .load(conn)?;
+    with_inventory(conn, rows)
+}
+
+/// Adds inventory counts to rows ordered by id, in one grouped query over their id range.
+fn with_inventory(conn: &mut DbConn, rows: Vec<Station>) -> Result<Vec<StationView>> {
     let counts: Vec<(i64, String, i64)> = match (rows.first(), rows.last()) {
         (Some(first), Some(last)) => batteries::table
             .filter(
@@ -119,19 +157,16 @@ pub fn list(conn: &mut DbConn, page: Page) -> Result<Listing<StationView>> {
             .load(conn)?,
         _ => Vec::new(),
     };
-    Listing::from_rows(
-        page,
-        rows,
-        |s| s.id,
-        |row| {
+    rows.into_iter()
+        .map(|row| {
             let id = row.id;
             let of_station = counts
                 .iter()
                 .filter(|(station, _, _)| *station == id)
                 .map(|(_, s, n)| (s.as_str(), *n));
             StationView::new(row, tally(of_station))
-        },
-    )
+        })
+        .collect()
 }
 
 /// Builds an `inventory_update` for a station as it stands inside the change.

@@ -1,0 +1,60 @@
+//! The realtime side: actors that route committed events to WebSocket sessions.
+//!
+//! - [`publisher`] orders committed events by id and renders each once per audience
+//! - [`registry`]  the `StationRegistry`: station → watching sessions
+//! - [`directory`] starts and stops one [`notifier::Notifier`] per connected user
+//! - [`notifier`]  a user's sessions
+//! - [`outbox`]    the never-wait rule for handing a message to a session
+//! - [`messages`]  every message they exchange
+
+pub mod directory;
+pub mod messages;
+pub mod notifier;
+pub mod outbox;
+pub mod publisher;
+pub mod registry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::prelude::*;
+
+use crate::events::Event;
+use directory::NotifierDirectory;
+use messages::{Committed, SessionId};
+use publisher::Publisher;
+use registry::StationRegistry;
+
+/// Handles to the running hub; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Hub {
+    pub publisher: Addr<Publisher>,
+    pub registry: Addr<StationRegistry>,
+    pub directory: Addr<NotifierDirectory>,
+}
+
+impl Hub {
+    /// Starts the actors on the current arbiter. `last_event_id` is the newest committed event.
+    pub fn start(last_event_id: i64) -> Hub {
+        let registry = StationRegistry::default().start();
+        let directory = NotifierDirectory::default().start();
+        let publisher = Publisher::new(last_event_id, registry.clone(), directory.clone()).start();
+        Hub {
+            publisher,
+            registry,
+            directory,
+        }
+    }
+
+    /// The model hook: called right after a transaction committed, from the thread that committed
+    /// it, so every committed event is reported even if the request that made it was abandoned.
+    pub fn publish(&self, events: Vec<Event>) {
+        if !events.is_empty() {
+            self.publisher.do_send(Committed(events));
+        }
+    }
+
+    pub fn next_session_id() -> SessionId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+}

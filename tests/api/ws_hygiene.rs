@@ -1,0 +1,311 @@
+//! Connection hygiene (CONTRACT §4.4) and RFC 6455 behaviour: size limits, rate limits, the
+//! bounded outbound queue, fragments, the close handshake, invalid UTF-8, and shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{spawn_app_with, TestApp};
+use crate::wsclient::{ws_url, Client};
+
+async fn station_client(app: &TestApp, station: i64) -> Client {
+    let (mut client, _) = Client::open(app, &format!("/ws/stations/{station}"), None).await;
+    assert_eq!(client.next_json().await["action"], "snapshot");
+    client
+}
+
+#[actix_web::test]
+async fn oversize_frames_close_with_1009() {
+    let app = spawn_app_with(|s| s.max_frame = 1024).await;
+    let station = app.station("S", None).await;
+    let mut client = station_client(&app, station).await;
+    client
+        .send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000)))
+        .await;
+    assert_eq!(client.close_code().await, Some(1009));
+
+    // The same limit holds for a message split into small fragments.
+    let mut client = station_client(&app, station).await;
+    client
+        .send(Message::Frame(Frame::message(
+            vec![b'x'; 600],
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await;
+    client
+        .send(Message::Frame(Frame::message(
+            vec![b'x'; 600],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await;
+    assert_eq!(client.close_code().await, Some(1009));
+}
+
+#[actix_web::test]
+async fn fragmented_text_is_reassembled() {
+    let app = spawn_app_with(|_| {}).await;
+    let station = app.station("S", None).await;
+    let mut client = station_client(&app, station).await;
+    client
+        .send(Message::Frame(Frame::message(
+            br#"{"type":"pi"#.to_vec(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await;
+    client
+        .send(Message::Frame(Frame::message(
+            br#"ng","timestamp":"#.to_vec(),
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await;
+    client
+        .send(Message::Frame(Frame::message(
+            br#""t1"}"#.to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await;
+    assert_eq!(client.next_json().await, json!({"type": "pong", "timestamp": "t1"}));
+}
+
+#[actix_web::test]
+async fn invalid_utf8_closes_with_1007() {
+    let app = spawn_app_with(|_| {}).await;
+    let station = app.station("S", None).await;
+    let mut client = station_client(&app, station).await;
+    client
+        .send(Message::Frame(Frame::message(
+            vec![0x7b, 0xff, 0xfe, 0x7d],
+            OpCode::Data(Data::Text),
+            true,
+        )))
+        .await;
+    assert_eq!(client.close_code().await, Some(1007));
+    let mut client = station_client(&app, station).await;
+    client
+        .send(Message::Frame(Frame::message(
+            vec![0x7b, 0xc3],
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await;
+    client
+        .send(Message::Frame(Frame::message(
+            vec![0x28, 0x7d],
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await;
+    assert_eq!(client.close_code().await, Some(1007));
+}
+
+#[actix_web::test]
+async fn a_continuation_without_a_start_is_a_protocol_error() {
+    let app = spawn_app_with(|_| {}).await;
+    let station = app.station("S", None).await;
+    let mut client = station_client(&app, station).await;
+    client
+        .send(Message::Frame(Frame::message(
+            b"orphan".to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await;
+    assert_eq!(client.close_code().await, Some(1002));
+}
+
+#[actix_web::test]
+async fn a_client_close_is_answered_and_nothing_follows() {
+    let app = spawn_app_with(|_| {}).await;
+    let station = app.station("S", None).await;
+    let mut client = station_client(&app, station).await;
+    client
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await;
+    assert_eq!(client.close_code().await, Some(1000));
+    // Events after the close are not sent.
+    app.battery(station, "AFTER-1").await;
+    let rest = tokio::time::timeout(Duration::from_secs(2), client.socket.next())
+        .await
+        .expect("the stream ends");
+    assert!(
+        !matches!(rest, Some(Ok(Message::Text(_)))),
+        "sent after close: {rest:?}"
+    );
+}
+
+#[actix_web::test]
+async fn floods_are_limited_then_closed_with_1008() {
+    let app = spawn_app_with(|s| s.rate_limit = 5).await;
+    let station = app.station("S", None).await;
+    let client = station_client(&app, station).await;
+    let (mut tx, mut rx) = client.socket.split();
+    let flood = async move {
+        // 100 messages per second (20× the limit) for at most 8 seconds.
+        for _ in 0..800 {
+            if tx.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let watch = async move {
+        let (mut limited, mut close) = (false, None);
+        let started = Instant::now();
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
+            match message {
+                Message::Text(text) if text.contains("rate_limited") => limited = true,
+                Message::Close(frame) => {
+                    close = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        (limited, close, started.elapsed())
+    };
+    let (_, (limited, close, after)) = futures_util::future::join(flood, watch).await;
+    assert!(limited, "no rate_limited error before the close");
+    assert_eq!(close, Some(1008));
+    assert!(after >= Duration::from_secs(3), "closed after only {after:?}");
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A reader that stops reading is closed with 1013 once its queue is full; the server's memory
+/// stays bounded and a healthy reader beside it receives every event.
+#[actix_web::test]
+async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
+    const ADDITIONS: usize = 2500; // two events each: 5,000 events
+    let app = spawn_app_with(|_| {}).await;
+    let station = app.station("S", None).await;
+
+    // The stuck client: a tiny receive buffer, and it reads nothing after its snapshot.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = app.address.trim_start_matches("http://").parse().unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = ws_url(&app, &format!("/ws/stations/{station}"));
+    let (stuck, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut stuck = Client { socket: stuck };
+    stuck.events(2).await;
+    let mut healthy = station_client(&app, station).await;
+
+    let rss_before = rss_kib();
+    let healthy_reader = async move {
+        let mut ids = Vec::with_capacity(ADDITIONS * 2);
+        while ids.len() < ADDITIONS * 2 {
+            let message = healthy.next_json().await;
+            ids.push(message["event_id"].as_i64().expect("an event"));
+        }
+        ids
+    };
+    let writers = async {
+        let workers = (0..8).map(|w| {
+            let app = &app;
+            async move {
+                for i in (w..ADDITIONS).step_by(8) {
+                    app.battery(station, &format!("FLOOD-{i}")).await;
+                }
+            }
+        });
+        join_all(workers).await;
+    };
+    let (ids, ()) = futures_util::future::join(healthy_reader, writers).await;
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "the healthy reader missed or reordered events"
+    );
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "memory grew by {grown} KiB while a reader was stuck");
+
+    // Now the stuck client reads: what fitted in the buffers, then the close.
+    let mut received = 0;
+    let code = loop {
+        let message = stuck.next().await;
+        if let Some(code) = message.get("close") {
+            break code.as_u64();
+        }
+        received += 1;
+    };
+    assert_eq!(code, Some(1013));
+    assert!(received < ADDITIONS * 2, "the stuck reader was never cut off");
+}
+
+/// SIGTERM: every client gets 1001 and the process exits 0.
+#[actix_web::test]
+async fn sigterm_closes_every_connection_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swapcast"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("term.db").display()),
+        )
+        .env("SWAPCAST_BIND", "127.0.0.1:0")
+        .env("SWAPCAST_JWT_SECRET", "term-test")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let line = lines.next().expect("the server logs its port").unwrap();
+        if let Some(rest) = line.split("port=").nth(1) {
+            break rest.trim().parse::<u16>().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/stations/"))
+            .await
+            .unwrap();
+        let hello = socket.next().await.unwrap().unwrap();
+        assert!(hello.to_text().unwrap().contains("connection_established"));
+        clients.push(Client { socket });
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for client in &mut clients {
+        assert_eq!(client.close_code().await, Some(1001));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
