@@ -18,8 +18,10 @@
 //! - [`http`]     REST routes, input parsing at the edge, idempotency, health
 //! - [`sweeper`]  booking expiry and pruning in the background
 //! - [`clock`]    time as stored (unix ms) and as shown (RFC 3339)
+//! - [`bench`]    the load generator behind `swapcast bench`
 
 pub mod auth;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod db;

@@ -1,4 +1,4 @@
-//! The `swapcast` command: `serve` (the default), `migrate`, `create-admin`.
+//! The `swapcast` command: `serve` (the default), `migrate`, `create-admin`, `bench`.
 
 use clap::{Parser, Subcommand};
 use swapcast::config::Settings;
@@ -34,18 +34,30 @@ enum Command {
         #[arg(long, default_value = "Administrator")]
         display_name: String,
     },
+    /// Measure a swapcast server (started by the bench itself) under load.
+    #[command(subcommand)]
+    Bench(swapcast::bench::Workload),
 }
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => Application::build(cli.settings).await?.run_until_stopped().await?,
+        // The bench runs its own multi-threaded runtime, apart from any server.
+        Command::Bench(workload) => swapcast::bench::run(workload),
+        command => actix_web::rt::System::new().block_on(run(cli.settings, command)),
+    }
+}
+
+/// The commands that run inside the actix system.
+async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => Application::build(settings).await?.run_until_stopped().await?,
+        Command::Bench(_) => anyhow::bail!("the bench runs outside the server's runtime"),
         Command::Migrate => {
-            startup::open_database(&cli.settings).await?;
+            startup::open_database(&settings).await?;
             tracing::info!("migrations applied");
         }
         Command::CreateAdmin {
@@ -53,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
             password,
             display_name,
         } => {
-            let admin = startup::create_admin(&cli.settings, &email, password, &display_name).await?;
+            let admin = startup::create_admin(&settings, &email, password, &display_name).await?;
             println!("created admin {} (id {})", admin.email, admin.id);
         }
     }

@@ -309,3 +309,34 @@ async fn sigterm_closes_every_connection_with_1001_and_exits_cleanly() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// A message of exactly the limit (64 KiB), sent in 1,300-byte fragments, is accepted whole.
+#[actix_web::test]
+async fn a_message_at_the_limit_in_small_fragments_is_accepted() {
+    let app = spawn_app_with(|_| {}).await;
+    let station = app.station("S", None).await;
+    let mut client = station_client(&app, station).await;
+    let head = r#"{"type":"ping","timestamp":""#;
+    let tail = r#""}"#;
+    let pad = "t".repeat(64 * 1024 - head.len() - tail.len());
+    let message = format!("{head}{pad}{tail}").into_bytes();
+    assert_eq!(message.len(), 64 * 1024);
+    let chunks: Vec<&[u8]> = message.chunks(1300).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        client
+            .send(Message::Frame(Frame::message(
+                chunk.to_vec(),
+                opcode,
+                i + 1 == chunks.len(),
+            )))
+            .await;
+    }
+    let pong = client.next_json().await;
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(pong["timestamp"].as_str().map(str::len), Some(pad.len()));
+}

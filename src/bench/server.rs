@@ -1,0 +1,76 @@
+//! A swapcast server for the load generator: this same binary, started as a child process on a
+//! fresh SQLite database in a temporary folder, so it is measured as users run it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+
+pub const ADMIN_EMAIL: &str = "bench-admin@swapcast.local";
+pub const ADMIN_PASSWORD: &str = "bench-admin-password";
+
+pub struct BenchServer {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl BenchServer {
+    /// Creates the database and its admin, starts `swapcast serve` on a free loopback port, and
+    /// waits until it listens.
+    pub fn start(extra_env: &[(&str, String)]) -> anyhow::Result<BenchServer> {
+        let exe = std::env::current_exe().context("locating the swapcast binary")?;
+        let dir = std::env::temp_dir().join(format!("swapcast-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let database_url = format!("sqlite://{}", dir.join("bench.db").display());
+        let admin = Command::new(&exe)
+            .args(["create-admin", "--email", ADMIN_EMAIL, "--display-name", "Bench"])
+            .env("DATABASE_URL", &database_url)
+            .env("SWAPCAST_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .output()?;
+        if !admin.status.success() {
+            bail!("create-admin failed: {}", String::from_utf8_lossy(&admin.stderr));
+        }
+        let mut command = Command::new(&exe);
+        command
+            .arg("serve")
+            .env("DATABASE_URL", &database_url)
+            .env("SWAPCAST_BIND", "127.0.0.1:0")
+            .env("SWAPCAST_JWT_SECRET", crate::auth::tokens::random_secret())
+            .env("RUST_LOG", "warn,swapcast::startup=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            let Some(line) = lines.next() else {
+                bail!("the server exited before listening")
+            };
+            if let Some(rest) = line?.split("port=").nth(1) {
+                break rest.trim().parse::<u16>()?;
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(BenchServer { child, dir, port })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        // Best effort: the process and its temporary database are the bench's own.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
