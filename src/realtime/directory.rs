@@ -28,6 +28,10 @@ impl Handler<Join> for NotifierDirectory {
     type Result = ();
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
+        // A session that stopped before it joined would otherwise keep a notifier alive.
+        if !msg.to.connected() {
+            return;
+        }
         let entry = self.users.entry(msg.user).or_insert_with(|| Entry {
             notifier: Notifier::default().start(),
             sessions: 0,
@@ -77,5 +81,88 @@ impl Handler<CountQuery> for NotifierDirectory {
             connections: self.users.values().map(|e| e.sessions).sum(),
             subscriptions: self.users.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::messages::ToSession;
+
+    /// Stands in for a session.
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<ToSession> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: ToSession, _: &mut Context<Self>) {}
+    }
+
+    #[actix::test]
+    async fn a_notifier_lives_from_the_first_join_to_the_last_leave() {
+        let directory = NotifierDirectory::default().start();
+        let user = UserId(1);
+        let (a, b) = (Sink.start().recipient(), Sink.start().recipient());
+        directory
+            .send(Join {
+                user,
+                session: 1,
+                to: a,
+            })
+            .await
+            .unwrap();
+        directory
+            .send(Join {
+                user,
+                session: 2,
+                to: b,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            directory.send(CountQuery).await.unwrap(),
+            Counts {
+                connections: 2,
+                subscriptions: 1
+            }
+        );
+        directory.send(Leave { user, session: 1 }).await.unwrap();
+        assert_eq!(directory.send(CountQuery).await.unwrap().subscriptions, 1);
+        directory.send(Leave { user, session: 2 }).await.unwrap();
+        assert_eq!(
+            directory.send(CountQuery).await.unwrap(),
+            Counts {
+                connections: 0,
+                subscriptions: 0
+            }
+        );
+    }
+
+    #[actix::test]
+    async fn a_session_gone_before_it_joined_starts_no_notifier() {
+        let directory = NotifierDirectory::default().start();
+        let sink = Sink.start();
+        let to = sink.clone().recipient();
+        sink.send(StopSink).await.unwrap();
+        directory
+            .send(Join {
+                user: UserId(1),
+                session: 1,
+                to,
+            })
+            .await
+            .unwrap();
+        assert_eq!(directory.send(CountQuery).await.unwrap().subscriptions, 0);
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct StopSink;
+    impl Handler<StopSink> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: StopSink, ctx: &mut Context<Self>) {
+            ctx.stop();
+        }
     }
 }

@@ -340,3 +340,38 @@ async fn a_message_at_the_limit_in_small_fragments_is_accepted() {
     assert_eq!(pong["type"], "pong");
     assert_eq!(pong["timestamp"].as_str().map(str::len), Some(pad.len()));
 }
+
+/// The server pings every heartbeat; a peer that answers stays, a silent one is dropped after
+/// three heartbeats.
+#[actix_web::test]
+async fn silent_peers_are_dropped_and_live_ones_kept() {
+    let app = spawn_app_with(|s| s.heartbeat = 1).await;
+    let station = app.station("S", None).await;
+    let mut silent = station_client(&app, station).await;
+    let mut live = station_client(&app, station).await;
+    // The live client reads (and so answers pings) for five heartbeats; the silent one does not.
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(Ok(Message::Ping(_)))) =
+            tokio::time::timeout(Duration::from_millis(500), live.socket.next()).await
+        {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 3, "only {pings} pings in 5 s");
+    // The silent client finds its connection gone: pings were queued, then the stream ended.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match silent.socket.next().await {
+                Some(Ok(Message::Ping(_))) => continue,
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break true,
+                Some(Ok(other)) => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the silent peer was not dropped");
+    app.battery(station, "STILL-LIVE").await;
+    assert_eq!(live.next_json().await["type"], "battery_added");
+}
