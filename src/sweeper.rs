@@ -1,11 +1,13 @@
 //! Background housekeeping: expiring bookings whose hold ran out, and forgetting what is no
-//! longer needed (idempotency keys after a day, expired refresh tokens).
+//! longer needed (events past their retention, idempotency keys after a day, expired refresh
+//! tokens).
 
 use std::time::Duration;
 
 use crate::auth::sessions;
 use crate::clock::now_ms;
 use crate::domain::bookings;
+use crate::events::log;
 use crate::state::AppState;
 
 /// How often due bookings are looked for: the longest a booking outlives its hold.
@@ -28,6 +30,15 @@ pub fn spawn(state: AppState) {
                         break;
                     }
                 }
+            }
+            // Every tick: an indexed delete of a second's worth of rows, so the log never holds
+            // much more than its retention.
+            let retention_ms = i64::try_from(state.settings.event_retention.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let pruned = state
+                .read(move |conn| log::prune(conn, now_ms().saturating_sub(retention_ms)))
+                .await;
+            if let Err(e) = pruned {
+                tracing::warn!(error = %e, "event pruning failed; retrying next tick");
             }
             if round % PRUNE_EVERY_TICKS == 0 {
                 let pruned = state

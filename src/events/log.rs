@@ -64,6 +64,50 @@ pub fn after(conn: &mut DbConn, after: i64, limit: i64) -> Result<Vec<Event>> {
         .collect()
 }
 
+/// Which events a reader may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    AllStations,
+    Station(StationId),
+    User(UserId),
+}
+
+/// The events of one feed with id > `after`, oldest first.
+pub fn after_in(conn: &mut DbConn, feed: Feed, after: i64, limit: i64) -> Result<Vec<Event>> {
+    let query = events::table
+        .filter(events::id.gt(after))
+        .order(events::id.asc())
+        .limit(limit)
+        .into_boxed();
+    let query = match feed {
+        Feed::AllStations => query.filter(events::station_id.is_not_null()),
+        Feed::Station(station) => query.filter(events::station_id.eq(station.0)),
+        Feed::User(user) => query.filter(events::user_id.eq(user.0)),
+    };
+    query
+        .select(EventRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(decode)
+        .collect()
+}
+
+/// Whether every event after `after` is still in the log: ids are contiguous, so it is enough
+/// that the oldest retained id is at most `after + 1` (and that `after` is an id this log issued).
+pub fn can_resume_from(conn: &mut DbConn, after: i64) -> Result<bool> {
+    let latest = latest_id(conn)?;
+    if after < 0 || after > latest {
+        return Ok(false);
+    }
+    let oldest: Option<i64> = events::table.select(diesel::dsl::min(events::id)).first(conn)?;
+    Ok(oldest.map_or(after == latest, |oldest| oldest <= after + 1))
+}
+
+/// Forgets events committed before `cutoff` (unix ms); returns how many.
+pub fn prune(conn: &mut DbConn, cutoff: i64) -> Result<usize> {
+    Ok(diesel::delete(events::table.filter(events::created_at.lt(cutoff))).execute(conn)?)
+}
+
 /// The newest committed event id (0 before the first event).
 pub fn latest_id(conn: &mut DbConn) -> Result<i64> {
     Ok(event_counter::table

@@ -20,11 +20,12 @@ pub type SessionId = u64;
 pub enum ToSession {
     /// A live event (already rendered for this session's audience).
     Event { event_id: i64, text: ByteString },
-    /// The subscription is in place: greet, send the snapshot, then flush what arrived meanwhile.
-    Ready {
-        last_event_id: i64,
-        snapshot: Vec<ByteString>,
-    },
+    /// The subscription is in place: send `connection_established` with the newest event id.
+    Greet { last_event_id: i64 },
+    /// What the client needs before live events: a snapshot (no ids) or replayed events (ids), in order.
+    Catchup(Vec<(Option<i64>, ByteString)>),
+    /// Caught up through `position`: flush the live events held meanwhile that are newer.
+    GoLive { position: i64 },
     /// The session could not be admitted; close with this code (sent after the upgrade).
     Refuse { code: u16, reason: String },
     /// Its outbound queue overflowed: close with 1013 so the client resumes.

@@ -8,7 +8,7 @@
 mod inbound;
 mod session;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::WsResponseBuilder;
@@ -21,7 +21,7 @@ use crate::db;
 use crate::domain::ids::StationId;
 use crate::domain::stations;
 use crate::error::Error;
-use crate::events::{log, wire};
+use crate::events::{log, wire, Audience};
 use crate::realtime::messages::{Connect, Join, PersonalData, Scope, SessionId, Subscribe, ToSession};
 use crate::realtime::Hub;
 use crate::state::AppState;
@@ -103,7 +103,7 @@ async fn open(
     match admission {
         Err((code, reason)) => to.do_send(ToSession::Refuse { code, reason }),
         Ok(admitted) => {
-            actix_web::rt::spawn(subscribe(state.into_inner(), id, to, feed, admitted));
+            actix_web::rt::spawn(subscribe(state.into_inner(), id, to, feed, admitted, start_of(&req)));
         }
     }
     Ok(response)
@@ -203,15 +203,38 @@ async fn admit(state: &AppState, req: &HttpRequest, feed: Feed) -> Result<Admitt
     Ok(Admitted { actor, personal })
 }
 
-/// Registers the session, then takes the snapshot and its position in one consistent read, then
-/// lets the session go live. Events committed after the subscription but before the read are
-/// held by the session and the ones the snapshot already contains are skipped there.
+/// Where a connection starts: fresh (with a snapshot) or after an event id it already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    Fresh,
+    Resume(i64),
+    /// `last_event_id` was given but is not an id.
+    Unreadable,
+}
+
+fn start_of(req: &HttpRequest) -> Start {
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok();
+    match query.as_ref().and_then(|q| q.get("last_event_id")) {
+        None => Start::Fresh,
+        Some(raw) => raw.parse().map(Start::Resume).unwrap_or(Start::Unreadable),
+    }
+}
+
+/// Events replayed per read. A chunk is handed over only once the session has taken the one
+/// before — and a session whose socket is not draining takes nothing — so a long replay never
+/// sits in memory at once.
+const REPLAY_CHUNK: i64 = 500;
+
+/// Registers the session, then catches it up and lets it go live. Live events published after
+/// the registration are held by the session meanwhile, and those its catch-up already covered
+/// are skipped there: no gap and no duplicate at the seam.
 async fn subscribe(
     state: std::sync::Arc<AppState>,
     session: SessionId,
     to: actix::Recipient<ToSession>,
     feed: Feed,
     admitted: Admitted,
+    start: Start,
 ) {
     let hub = &state.hub;
     if hub
@@ -225,33 +248,109 @@ async fn subscribe(
     {
         return;
     }
-    let registered = match feed {
-        Feed::Stations(scope) => {
-            hub.registry
-                .send(Subscribe {
-                    session,
-                    scope,
-                    personal: admitted.personal,
-                })
-                .await
-        }
-        Feed::Notifications => match admitted.actor {
-            Some(actor) => {
-                hub.directory
-                    .send(Join {
-                        user: actor.id,
+    let personal = admitted.personal.clone();
+    let (registered, log_feed) = match (feed, admitted.actor.as_ref()) {
+        (Feed::Stations(scope), _) => {
+            let log_feed = match scope {
+                Scope::AllStations => log::Feed::AllStations,
+                Scope::Station(id) => log::Feed::Station(id),
+            };
+            (
+                hub.registry
+                    .send(Subscribe {
                         session,
-                        to: to.clone(),
+                        scope,
+                        personal: admitted.personal,
                     })
-                    .await
-            }
-            None => return,
-        },
+                    .await,
+                log_feed,
+            )
+        }
+        (Feed::Notifications, Some(actor)) => {
+            let join = Join {
+                user: actor.id,
+                session,
+                to: to.clone(),
+            };
+            (hub.directory.send(join).await, log::Feed::User(actor.id))
+        }
+        (Feed::Notifications, None) => return,
     };
     if registered.is_err() {
         return;
     }
-    let snapshot = state
+    if let Err(e) = catch_up(&state, &to, feed, log_feed, &personal, start).await {
+        let (code, reason) = refusal(e);
+        to.do_send(ToSession::Refuse { code, reason });
+    }
+}
+
+async fn catch_up(
+    state: &AppState,
+    to: &actix::Recipient<ToSession>,
+    feed: Feed,
+    log_feed: log::Feed,
+    personal: &PersonalData,
+    start: Start,
+) -> Result<(), Error> {
+    // A session that went away meanwhile refuses messages; there is nobody left to catch up.
+    let gone = |_| Error::Internal(anyhow::anyhow!("session gone"));
+    let latest = state.read(log::latest_id).await?;
+    to.send(ToSession::Greet { last_event_id: latest })
+        .await
+        .map_err(gone)?;
+    let resumable = match start {
+        Start::Resume(after) => state.read(move |conn| log::can_resume_from(conn, after)).await?,
+        _ => false,
+    };
+    if let (Start::Resume(mut after), true) = (start, resumable) {
+        loop {
+            let chunk = state
+                .read(move |conn| log::after_in(conn, log_feed, after, REPLAY_CHUNK))
+                .await?;
+            let done = (chunk.len() as i64) < REPLAY_CHUNK;
+            let items: Vec<_> = chunk
+                .iter()
+                .map(|event| {
+                    let rendered = wire::render(event);
+                    let shown = match event.audience {
+                        Audience::Station(station) => personal.shown_for(station),
+                        Audience::User(_) => false,
+                    };
+                    (Some(event.id.0), rendered.for_viewer(shown).clone())
+                })
+                .collect();
+            if let Some(last) = chunk.last() {
+                after = last.id.0;
+            }
+            to.send(ToSession::Catchup(items)).await.map_err(gone)?;
+            if done {
+                break;
+            }
+        }
+        return to.send(ToSession::GoLive { position: after }).await.map_err(gone);
+    }
+    let mut items = Vec::new();
+    match start {
+        Start::Resume(_) => items.push((
+            None,
+            wire::text(&json!({
+                "type": "error",
+                "code": "resume_expired",
+                "message": "Events after last_event_id are no longer retained; starting from a snapshot",
+            })),
+        )),
+        Start::Unreadable => items.push((
+            None,
+            wire::text(&json!({
+                "type": "error",
+                "code": "invalid_last_event_id",
+                "message": "last_event_id must be an event id; starting from a snapshot",
+            })),
+        )),
+        Start::Fresh => {}
+    }
+    let (position, snapshot) = state
         .read(move |conn| {
             db::read_consistent(conn, |conn| {
                 let position = log::latest_id(conn)?;
@@ -263,19 +362,21 @@ async fn subscribe(
                 let at = now_ms();
                 Ok((
                     position,
-                    views.iter().map(|s| wire::snapshot(s, position, at)).collect(),
+                    views
+                        .iter()
+                        .map(|s| wire::snapshot(s, position, at))
+                        .collect::<Vec<_>>(),
                 ))
             })
         })
-        .await;
-    match snapshot {
-        Ok((last_event_id, snapshot)) => to.do_send(ToSession::Ready {
-            last_event_id,
-            snapshot,
-        }),
-        Err(e) => {
-            let (code, reason) = refusal(e);
-            to.do_send(ToSession::Refuse { code, reason });
-        }
-    }
+        .await?;
+    items.extend(snapshot.into_iter().map(|text| (None, text)));
+    to.send(ToSession::Catchup(items)).await.map_err(gone)?;
+    // A snapshot already reflects every event up to its position; a notification feed has no
+    // snapshot, so every event held since the registration goes out.
+    let position = match feed {
+        Feed::Stations(_) => position,
+        Feed::Notifications => i64::MIN,
+    };
+    to.send(ToSession::GoLive { position }).await.map_err(gone)
 }

@@ -1,6 +1,6 @@
 //! The `WsSession` actor: one per WebSocket connection. It speaks the protocol (heartbeat, close
-//! handshake, fragments, size and rate limits), holds back live events until its snapshot is out,
-//! and never sends an event twice or out of order.
+//! handshake, fragments, size and rate limits), holds back live events until its catch-up (a
+//! snapshot or a replay from the log) is out, and never sends an event twice or out of order.
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ pub struct Limits {
 }
 
 enum Phase {
-    /// Subscribed, waiting for the snapshot; live events are held here meanwhile.
+    /// Subscribed, catching up; live events are held here meanwhile.
     Syncing(Vec<(i64, ByteString)>),
     Live,
 }
@@ -179,17 +179,21 @@ impl Handler<ToSession> for WsSession {
                 Phase::Syncing(held) => held.push((event_id, text)),
                 Phase::Live => self.send_event(event_id, &text, ctx),
             },
-            ToSession::Ready {
-                last_event_id,
-                snapshot,
-            } => {
+            ToSession::Greet { last_event_id } => {
                 let mut greeting = self.greeting.clone();
                 greeting["last_event_id"] = json!(last_event_id);
                 Self::reply(ctx, greeting);
-                for station in snapshot {
-                    ctx.text(station);
+            }
+            ToSession::Catchup(items) => {
+                for (event_id, text) in items {
+                    match event_id {
+                        Some(event_id) => self.send_event(event_id, &text, ctx),
+                        None => ctx.text(text),
+                    }
                 }
-                self.last_sent = last_event_id;
+            }
+            ToSession::GoLive { position } => {
+                self.last_sent = self.last_sent.max(position);
                 if let Phase::Syncing(held) = std::mem::replace(&mut self.phase, Phase::Live) {
                     for (event_id, text) in held {
                         self.send_event(event_id, &text, ctx);

@@ -311,3 +311,65 @@ impl TestApp {
 pub fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
+
+/// The real binary as a child process, for tests that signal or kill it.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ChildServer {
+    /// Starts `swapcast serve` on `database_url` and a free loopback port; waits until it listens.
+    pub fn start(database_url: &str) -> ChildServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_swapcast"))
+            .env("DATABASE_URL", database_url)
+            .env("SWAPCAST_BIND", "127.0.0.1:0")
+            .env("SWAPCAST_JWT_SECRET", JWT_SECRET)
+            .env("RUST_LOG", "warn,swapcast::startup=info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = loop {
+            let line = lines.next().expect("the server logs its port").unwrap();
+            if let Some(rest) = line.split("port=").nth(1) {
+                break rest.trim().parse::<u16>().unwrap();
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        ChildServer { child, port }
+    }
+
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        // Best effort: the process may already have exited.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI's `create-admin` on a database.
+pub fn create_admin_cli(database_url: &str, email: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_swapcast"))
+        .args(["create-admin", "--email", email, "--database-url", database_url])
+        .env("SWAPCAST_ADMIN_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -14,6 +14,7 @@ mod events;
 mod idempotency;
 mod lists;
 mod notifications;
+mod resume;
 mod ws_auth;
 mod ws_events;
 mod ws_hygiene;

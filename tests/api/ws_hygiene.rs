@@ -1,8 +1,6 @@
 //! Connection hygiene (CONTRACT §4.4) and RFC 6455 behaviour: size limits, rate limits, the
 //! bounded outbound queue, fragments, the close handshake, invalid UTF-8, and shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -12,7 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{spawn_app_with, ChildServer, TestApp};
 use crate::wsclient::{ws_url, Client};
 
 async fn station_client(app: &TestApp, station: i64) -> Client {
@@ -194,7 +192,8 @@ fn rss_kib() -> u64 {
 }
 
 /// A reader that stops reading is closed with 1013 once its queue is full; the server's memory
-/// stays bounded and a healthy reader beside it receives every event.
+/// stays bounded, a healthy reader beside it receives every event, and the stuck one resumes
+/// without losing any.
 #[actix_web::test]
 async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
     const ADDITIONS: usize = 2500; // two events each: 5,000 events
@@ -243,65 +242,49 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
     assert!(grown < 64 * 1024, "memory grew by {grown} KiB while a reader was stuck");
 
     // Now the stuck client reads: what fitted in the buffers, then the close.
-    let mut received = 0;
+    let mut got = Vec::new();
     let code = loop {
         let message = stuck.next().await;
         if let Some(code) = message.get("close") {
             break code.as_u64();
         }
-        received += 1;
+        got.push(message["event_id"].as_i64().expect("an event"));
     };
     assert_eq!(code, Some(1013));
-    assert!(received < ADDITIONS * 2, "the stuck reader was never cut off");
+    assert!(got.len() < ADDITIONS * 2, "the stuck reader was never cut off");
+
+    // It resumes from the last event it has and receives everything it missed, once.
+    let last = *got.last().expect("some events before the cut");
+    let (mut resumed, _) = Client::open(&app, &format!("/ws/stations/{station}?last_event_id={last}"), None).await;
+    while got.len() < ADDITIONS * 2 {
+        got.push(resumed.next_json().await["event_id"].as_i64().expect("an event"));
+    }
+    assert_eq!(
+        got, ids,
+        "after resuming, the stuck reader has every event once, in order"
+    );
 }
 
 /// SIGTERM: every client gets 1001 and the process exits 0.
 #[actix_web::test]
 async fn sigterm_closes_every_connection_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_swapcast"))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("term.db").display()),
-        )
-        .env("SWAPCAST_BIND", "127.0.0.1:0")
-        .env("SWAPCAST_JWT_SECRET", "term-test")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let port = loop {
-        let line = lines.next().expect("the server logs its port").unwrap();
-        if let Some(rest) = line.split("port=").nth(1) {
-            break rest.trim().parse::<u16>().unwrap();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-
+    let mut server = ChildServer::start(&format!("sqlite://{}", dir.path().join("term.db").display()));
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/stations/"))
-            .await
-            .unwrap();
+        let url = format!("ws://127.0.0.1:{}/ws/stations/", server.port);
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let hello = socket.next().await.unwrap().unwrap();
         assert!(hello.to_text().unwrap().contains("connection_established"));
         clients.push(Client { socket });
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    server.signal("TERM");
     for client in &mut clients {
         assert_eq!(client.close_code().await, Some(1001));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the server did not exit after SIGTERM");

@@ -1,0 +1,2 @@
+DROP INDEX events_user;
+DROP INDEX events_station;
