@@ -317,3 +317,47 @@ async fn a_killed_server_loses_nothing_it_committed() {
     }
     assert_eq!(resumed, missed);
 }
+
+/// A fresh subscription made while events are being produced: the snapshot carries the position
+/// it reflects, the first live event is the very next one, and the counts continue from it.
+#[actix_web::test]
+async fn the_snapshot_seam_has_no_gap_and_no_duplicate() {
+    let app = spawn_app().await;
+    let station = app.station("Busy", None).await;
+    let done = AtomicUsize::new(0);
+    let producer = async {
+        for i in 0..120 {
+            app.battery(station, &format!("SEAM-{i}")).await;
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let consumer = async {
+        while done.load(Ordering::SeqCst) < 30 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (mut client, _) = Client::open(&app, &format!("/ws/stations/{station}"), None).await;
+        let snapshot = client.next_json().await;
+        assert_eq!(snapshot["action"], "snapshot");
+        let position = snapshot["last_event_id"].as_i64().unwrap();
+        let mut available = snapshot["available_batteries"].as_i64().unwrap();
+        assert!(available < 120, "the snapshot should land mid-burst");
+        let mut expected_id = position + 1;
+        // Every later event of this (only) station, in order, each adding one battery.
+        while available < 120 {
+            let added = client.next_json().await;
+            let update = client.next_json().await;
+            assert_eq!(
+                (added["type"].as_str(), added["event_id"].as_i64()),
+                (Some("battery_added"), Some(expected_id))
+            );
+            assert_eq!(update["event_id"], expected_id + 1);
+            available += 1;
+            assert_eq!(
+                update["available_batteries"], available,
+                "counts continue from the snapshot"
+            );
+            expected_id += 2;
+        }
+    };
+    futures_util::future::join(producer, consumer).await;
+}
