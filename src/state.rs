@@ -27,10 +27,23 @@ impl AppState {
         F: FnOnce(&mut Change) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.change_then(f, |_, _| {}).await
+    }
+
+    /// [`change`](Self::change), then `then` on the committing thread right after the commit —
+    /// for hub notices that are not events (an admin changed a user), so they too are sent even if
+    /// the request is abandoned.
+    pub async fn change_then<T, F, G>(&self, f: F, then: G) -> Result<T>
+    where
+        F: FnOnce(&mut Change) -> Result<T> + Send + 'static,
+        G: FnOnce(&T, &Hub) + Send + 'static,
+        T: Send + 'static,
+    {
         let hub = self.hub.clone();
         db::run(&self.pool, move |conn| {
             let committed = domain::commit(conn, f)?;
             hub.publish(committed.events);
+            then(&committed.value, &hub);
             Ok(committed.value)
         })
         .await

@@ -70,6 +70,15 @@ pub fn snapshot(station: &StationView, position: i64, at: i64) -> ByteString {
     text(&value)
 }
 
+/// The same message with `"channel"` added, for the multiplexed `/ws` endpoint. Done once per
+/// event and channel, not per recipient.
+pub fn tagged(text: &str, channel: &str) -> ByteString {
+    let rest = text.strip_prefix('{').unwrap_or(text);
+    let channel = serde_json::to_string(channel).unwrap_or_default();
+    let separator = if rest.starts_with('}') { "" } else { "," };
+    ByteString::from(format!("{{\"channel\":{channel}{separator}{rest}"))
+}
+
 /// Any server message as text.
 pub fn text(value: &Value) -> ByteString {
     ByteString::from(value.to_string())
@@ -110,6 +119,17 @@ mod tests {
         assert_eq!(public["event_id"], 7);
         assert_eq!(public["timestamp"], "2024-02-27T10:30:00.000Z");
         assert_eq!(rendered.for_viewer(false), &rendered.public);
+    }
+
+    #[test]
+    fn tagging_adds_the_channel() {
+        let with_channel: Value = serde_json::from_str(&tagged(r#"{"type":"x","event_id":3}"#, "station:1")).unwrap();
+        assert_eq!(
+            with_channel,
+            serde_json::json!({"channel": "station:1", "type": "x", "event_id": 3})
+        );
+        let empty: Value = serde_json::from_str(&tagged("{}", "system")).unwrap();
+        assert_eq!(empty, serde_json::json!({"channel": "system"}));
     }
 
     #[test]

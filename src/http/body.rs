@@ -53,6 +53,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
 pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T> {
     let value: serde_json::Value =
         serde_json::from_slice(raw).map_err(|e| Error::MalformedJson(strip_position(&e.to_string())))?;
+    from_value(value)
+}
+
+/// Parses an already-decoded JSON object (a REST body, or the `data` of a WebSocket request).
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
     if !value.is_object() {
         return Err(Error::field("body", "must be a JSON object"));
     }

@@ -9,14 +9,14 @@ mod events;
 mod health;
 mod idempotency;
 mod notifications;
-mod stations;
+pub mod stations;
 mod users;
 
 use actix_web::{web, HttpResponse};
 
 use crate::error::{Error, Result};
 
-pub use body::MAX_BODY_BYTES;
+pub use body::{from_value, MAX_BODY_BYTES};
 pub use idempotency::prune as prune_idempotency_keys;
 
 /// Registers every route. Paths are matched without a trailing slash (the app trims it).

@@ -65,7 +65,7 @@ async fn create(state: web::Data<AppState>, caller: Caller, body: Body<CreateSta
 }
 
 #[derive(Deserialize)]
-struct PatchStation {
+pub struct PatchStation {
     name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     address: Option<Option<String>>,
@@ -82,16 +82,7 @@ async fn update(
 ) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let id = StationId(id.into_inner());
-    let input = body.value;
-    let patch = StationPatch {
-        name: input.name.as_deref().map(StationName::parse).transpose()?,
-        address: input
-            .address
-            .map(|a| a.as_deref().map(Address::parse).transpose())
-            .transpose()?,
-        status: input.status,
-        operator_id: input.operator_id.map(|o| o.map(UserId)),
-    };
+    let patch = body.value.parse()?;
     let station = state.change(move |ch| stations::update(ch, &actor, id, &patch)).await?;
     Ok(HttpResponse::Ok().json(station))
 }
@@ -112,11 +103,38 @@ async fn list_batteries(
 const NEW_BATTERY_PERCENT: i64 = 100;
 
 #[derive(Deserialize)]
-struct AddBattery {
+pub struct AddBattery {
     serial: String,
     model: String,
     soc: Option<i64>,
     soh: Option<i64>,
+}
+
+impl AddBattery {
+    /// The one parse of a new battery, for REST and WebSocket actions alike.
+    pub fn parse(&self) -> Result<NewBatteryInput> {
+        Ok(NewBatteryInput {
+            serial: Serial::parse(&self.serial)?,
+            model: BatteryModel::parse(&self.model)?,
+            soc: Percent::parse("soc", self.soc.unwrap_or(NEW_BATTERY_PERCENT))?,
+            soh: Percent::parse("soh", self.soh.unwrap_or(NEW_BATTERY_PERCENT))?,
+        })
+    }
+}
+
+impl PatchStation {
+    /// The one parse of a station change, for REST and WebSocket actions alike.
+    pub fn parse(self) -> Result<StationPatch> {
+        Ok(StationPatch {
+            name: self.name.as_deref().map(StationName::parse).transpose()?,
+            address: self
+                .address
+                .map(|a| a.as_deref().map(Address::parse).transpose())
+                .transpose()?,
+            status: self.status,
+            operator_id: self.operator_id.map(|o| o.map(UserId)),
+        })
+    }
 }
 
 async fn add_battery(
@@ -128,18 +146,7 @@ async fn add_battery(
 ) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let id = StationId(id.into_inner());
-    let AddBattery {
-        serial,
-        model,
-        soc,
-        soh,
-    } = &body.value;
-    let input = NewBatteryInput {
-        serial: Serial::parse(serial)?,
-        model: BatteryModel::parse(model)?,
-        soc: Percent::parse("soc", soc.unwrap_or(NEW_BATTERY_PERCENT))?,
-        soh: Percent::parse("soh", soh.unwrap_or(NEW_BATTERY_PERCENT))?,
-    };
+    let input = body.value.parse()?;
     let who = actor.clone();
     idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
         batteries::add(ch, &actor, id, &input)

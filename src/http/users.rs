@@ -43,5 +43,12 @@ async fn update(
         active: input.active,
         display_name: input.display_name.as_deref().map(DisplayName::parse).transpose()?,
     };
-    Ok(HttpResponse::Ok().json(state.change(move |ch| users::update(ch, &actor, id, &patch)).await?))
+    Ok(HttpResponse::Ok().json(
+        state
+            .change_then(
+                move |ch| users::update(ch, &actor, id, &patch),
+                |user, hub| hub.user_changed(user.id),
+            )
+            .await?,
+    ))
 }

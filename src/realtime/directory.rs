@@ -109,6 +109,7 @@ mod tests {
                 user,
                 session: 1,
                 to: a,
+                tagged: false,
             })
             .await
             .unwrap();
@@ -117,6 +118,7 @@ mod tests {
                 user,
                 session: 2,
                 to: b,
+                tagged: false,
             })
             .await
             .unwrap();
@@ -150,6 +152,7 @@ mod tests {
                 user: UserId(1),
                 session: 1,
                 to,
+                tagged: false,
             })
             .await
             .unwrap();

@@ -18,27 +18,76 @@ pub type SessionId = u64;
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// A live event (already rendered for this session's audience).
-    Event { event_id: i64, text: ByteString },
-    /// The subscription is in place: send `connection_established` with the newest event id.
-    Greet { last_event_id: i64 },
-    /// What the client needs before live events: a snapshot (no ids) or replayed events (ids), in order.
-    Catchup(Vec<(Option<i64>, ByteString)>),
-    /// Caught up through `position`: flush the live events held meanwhile that are newer.
-    GoLive { position: i64 },
-    /// The session could not be admitted; close with this code (sent after the upgrade).
-    Refuse { code: u16, reason: String },
+    /// A live event on a channel (already rendered for this session's audience).
+    Event {
+        channel: Channel,
+        event_id: i64,
+        text: ByteString,
+    },
+    /// What a channel needs before its live events: a snapshot (no ids) or replayed events (ids), in order.
+    Catchup {
+        channel: Channel,
+        items: Vec<(Option<i64>, ByteString)>,
+    },
+    /// The channel is caught up through `position`: flush the live events held meanwhile that are newer.
+    GoLive { channel: Channel, position: i64 },
+    /// A plain message for the client (a reply, an error, a metrics sample).
+    Say(ByteString),
+    /// The connected user changed (role, activity): check every subscription again.
+    Recheck,
+    /// The user as they now are; later requests act as this.
+    Identity(crate::auth::Actor),
+    /// A channel the user may no longer watch (`None`: the account is disabled — close 4003).
+    Revoked {
+        channel: Option<Channel>,
+        error: crate::error::Error,
+    },
+    /// The channel may not be joined (or no longer exists for this caller).
+    Refused {
+        channel: Channel,
+        error: crate::error::Error,
+    },
     /// Its outbound queue overflowed: close with 1013 so the client resumes.
     Overflowed,
     /// The server is stopping: close with 1001.
     ShutDown,
 }
 
-/// Which stations' events a subscription receives.
+/// A stream of messages a connection can subscribe to. The seed endpoints each carry one; the
+/// `/ws` endpoint carries several, and names them in every message (`"channel"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Scope {
-    AllStations,
+pub enum Channel {
+    /// Every station's events.
+    Stations,
     Station(StationId),
+    /// The connected user's own events.
+    Notifications,
+    /// Live server metrics (admins).
+    System,
+}
+
+impl Channel {
+    pub fn name(self) -> String {
+        match self {
+            Channel::Stations => "stations".into(),
+            Channel::Station(id) => format!("station:{id}"),
+            Channel::Notifications => "notifications".into(),
+            Channel::System => "system".into(),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Channel> {
+        match name {
+            "stations" => Some(Channel::Stations),
+            "notifications" => Some(Channel::Notifications),
+            "system" => Some(Channel::System),
+            _ => name
+                .strip_prefix("station:")?
+                .parse()
+                .ok()
+                .map(|id| Channel::Station(StationId(id))),
+        }
+    }
 }
 
 /// Where a subscription may see personal data (`battery_booked.user`): decided by
@@ -66,6 +115,8 @@ impl PersonalData {
 pub struct Connect {
     pub session: SessionId,
     pub to: Recipient<ToSession>,
+    /// Who is connected, if anyone signed in: changes to that user reach this connection.
+    pub user: Option<UserId>,
 }
 
 /// A connection is gone: forget all it had.
@@ -79,8 +130,17 @@ pub struct Disconnect {
 #[rtype(result = "()")]
 pub struct Subscribe {
     pub session: SessionId,
-    pub scope: Scope,
+    pub channel: Channel,
     pub personal: PersonalData,
+    /// Whether messages carry `"channel"` (the `/ws` endpoint) or not (the seed endpoints).
+    pub tagged: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub session: SessionId,
+    pub channel: Channel,
 }
 
 /// A user's connection joins that user's notifier.
@@ -90,6 +150,8 @@ pub struct Join {
     pub user: UserId,
     pub session: SessionId,
     pub to: Recipient<ToSession>,
+    /// Whether messages carry `"channel"`.
+    pub tagged: bool,
 }
 
 #[derive(Message)]
@@ -108,6 +170,13 @@ pub struct Committed(pub Vec<Event>);
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Publish(pub Arc<Rendered>);
+
+/// An admin changed this user: their connections check their subscriptions again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UserChanged {
+    pub user: UserId,
+}
 
 /// Close every connection with 1001.
 #[derive(Message)]

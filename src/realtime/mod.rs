@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 
+use crate::domain::ids::UserId;
 use crate::events::Event;
 use directory::NotifierDirectory;
-use messages::{Committed, SessionId};
+use messages::{Committed, SessionId, UserChanged};
 use publisher::Publisher;
 use registry::StationRegistry;
 
@@ -51,6 +52,12 @@ impl Hub {
         if !events.is_empty() {
             self.publisher.do_send(Committed(events));
         }
+    }
+
+    /// An admin changed a user (role, activity): their live connections re-check what they may
+    /// watch. Called right after the change committed.
+    pub fn user_changed(&self, user: UserId) {
+        self.registry.do_send(UserChanged { user });
     }
 
     pub fn next_session_id() -> SessionId {

@@ -4,13 +4,16 @@
 use std::collections::HashMap;
 
 use actix::prelude::*;
+use bytestring::ByteString;
 
 use super::messages::*;
 use super::outbox::{deliver, Delivery};
+use crate::events::wire;
 
 #[derive(Default)]
 pub struct Notifier {
-    sessions: HashMap<SessionId, Recipient<ToSession>>,
+    /// Each session, and whether it wants messages tagged with their channel.
+    sessions: HashMap<SessionId, (Recipient<ToSession>, bool)>,
 }
 
 impl Actor for Notifier {
@@ -21,7 +24,7 @@ impl Handler<Join> for Notifier {
     type Result = ();
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
-        self.sessions.insert(msg.session, msg.to);
+        self.sessions.insert(msg.session, (msg.to, msg.tagged));
     }
 }
 
@@ -37,12 +40,23 @@ impl Handler<Publish> for Notifier {
     type Result = ();
 
     fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) {
-        self.sessions.retain(|_, to| {
+        let channel = Channel::Notifications;
+        // Made on first need, once per event, shared by every tagged session.
+        let mut tagged_form: Option<ByteString> = None;
+        self.sessions.retain(|_, (to, tagged)| {
+            let text = if *tagged {
+                tagged_form
+                    .get_or_insert_with(|| wire::tagged(&event.public, &channel.name()))
+                    .clone()
+            } else {
+                event.public.clone()
+            };
             deliver(
                 to,
                 ToSession::Event {
+                    channel,
                     event_id: event.event_id,
-                    text: event.public.clone(),
+                    text,
                 },
             ) == Delivery::Queued
         });

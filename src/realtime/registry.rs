@@ -1,26 +1,36 @@
-//! The `StationRegistry` actor: which connection watches which station. It routes each station
-//! event to that station's subscribers and the all-stations subscribers, choosing the rendered form
-//! each subscription may see.
+//! The `StationRegistry` actor: which connection watches which station (and who watches the
+//! `system` channel). It routes each station event to that station's watchers and the
+//! all-stations watchers, choosing the rendered form each subscription may see; every form is made
+//! once per event and shared by all its recipients.
 
 use std::collections::HashMap;
 
 use actix::prelude::*;
+use bytestring::ByteString;
 
 use super::messages::*;
 use super::outbox::{deliver, Delivery};
+use crate::domain::ids::UserId;
+use crate::events::wire::tagged;
 use crate::events::Audience;
 
 struct Connection {
     to: Recipient<ToSession>,
-    scopes: Vec<Scope>,
+    user: Option<UserId>,
+    channels: Vec<Channel>,
+}
+
+struct Watch {
+    personal: PersonalData,
+    tagged: bool,
 }
 
 #[derive(Default)]
 pub struct StationRegistry {
     connections: HashMap<SessionId, Connection>,
-    /// Scope → who watches it, and whether each may see personal data there. Indexed by scope so
-    /// an event costs its own audience, not every connection.
-    watchers: HashMap<Scope, HashMap<SessionId, PersonalData>>,
+    /// Channel → who watches it. Indexed by channel so an event costs its own audience, not every
+    /// connection.
+    watchers: HashMap<Channel, HashMap<SessionId, Watch>>,
 }
 
 impl Actor for StationRegistry {
@@ -32,13 +42,45 @@ impl StationRegistry {
         let Some(connection) = self.connections.remove(&session) else {
             return;
         };
-        for scope in connection.scopes {
-            if let Some(watchers) = self.watchers.get_mut(&scope) {
-                watchers.remove(&session);
-                if watchers.is_empty() {
-                    self.watchers.remove(&scope);
-                }
+        for channel in connection.channels {
+            self.unwatch(session, channel);
+        }
+    }
+
+    fn unwatch(&mut self, session: SessionId, channel: Channel) {
+        if let Some(watchers) = self.watchers.get_mut(&channel) {
+            watchers.remove(&session);
+            if watchers.is_empty() {
+                self.watchers.remove(&channel);
             }
+        }
+    }
+
+    /// Sends a message to every watcher of a channel, dropping those that overflowed or left.
+    fn fan_out(&mut self, channel: Channel, mut text_for: impl FnMut(&Watch) -> (i64, ByteString)) {
+        let Some(watchers) = self.watchers.get(&channel) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        for (session, watch) in watchers {
+            let Some(connection) = self.connections.get(session) else {
+                continue;
+            };
+            let (event_id, text) = text_for(watch);
+            if deliver(
+                &connection.to,
+                ToSession::Event {
+                    channel,
+                    event_id,
+                    text,
+                },
+            ) == Delivery::Drop
+            {
+                dropped.push(*session);
+            }
+        }
+        for session in dropped {
+            self.forget(session);
         }
     }
 }
@@ -53,7 +95,8 @@ impl Handler<Connect> for StationRegistry {
                 msg.session,
                 Connection {
                     to: msg.to,
-                    scopes: Vec::new(),
+                    user: msg.user,
+                    channels: Vec::new(),
                 },
             );
         }
@@ -75,13 +118,25 @@ impl Handler<Subscribe> for StationRegistry {
         let Some(connection) = self.connections.get_mut(&msg.session) else {
             return;
         };
-        if !connection.scopes.contains(&msg.scope) {
-            connection.scopes.push(msg.scope);
+        if !connection.channels.contains(&msg.channel) {
+            connection.channels.push(msg.channel);
         }
-        self.watchers
-            .entry(msg.scope)
-            .or_default()
-            .insert(msg.session, msg.personal);
+        let watch = Watch {
+            personal: msg.personal,
+            tagged: msg.tagged,
+        };
+        self.watchers.entry(msg.channel).or_default().insert(msg.session, watch);
+    }
+}
+
+impl Handler<Unsubscribe> for StationRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        if let Some(connection) = self.connections.get_mut(&msg.session) {
+            connection.channels.retain(|c| *c != msg.channel);
+        }
+        self.unwatch(msg.session, msg.channel);
     }
 }
 
@@ -92,30 +147,33 @@ impl Handler<Publish> for StationRegistry {
         let Audience::Station(station) = event.audience else {
             return;
         };
-        let mut dropped = Vec::new();
-        for scope in [Scope::Station(station), Scope::AllStations] {
-            let Some(watchers) = self.watchers.get(&scope) else {
-                continue;
-            };
-            for (session, personal) in watchers {
-                let Some(connection) = self.connections.get(session) else {
-                    continue;
-                };
-                let text = event.for_viewer(personal.shown_for(station)).clone();
-                if deliver(
-                    &connection.to,
-                    ToSession::Event {
-                        event_id: event.event_id,
-                        text,
-                    },
-                ) == Delivery::Drop
-                {
-                    dropped.push(*session);
-                }
-            }
+        for channel in [Channel::Station(station), Channel::Stations] {
+            let name = channel.name();
+            // Rendered forms, made on first need: [public, private] × [plain, tagged].
+            let mut forms: [[Option<ByteString>; 2]; 2] = Default::default();
+            self.fan_out(channel, |watch| {
+                let shown = watch.personal.shown_for(station);
+                let slot = &mut forms[usize::from(shown)][usize::from(watch.tagged)];
+                let text = slot.get_or_insert_with(|| {
+                    let plain = event.for_viewer(shown);
+                    if watch.tagged {
+                        tagged(plain, &name)
+                    } else {
+                        plain.clone()
+                    }
+                });
+                (event.event_id, text.clone())
+            });
         }
-        for session in dropped {
-            self.forget(session);
+    }
+}
+
+impl Handler<UserChanged> for StationRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: UserChanged, _: &mut Context<Self>) {
+        for connection in self.connections.values().filter(|c| c.user == Some(msg.user)) {
+            connection.to.do_send(ToSession::Recheck);
         }
     }
 }

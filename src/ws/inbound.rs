@@ -113,6 +113,10 @@ impl RateLimiter {
     }
 
     pub fn hit(&mut self, now: Instant) -> Verdict {
+        if self.window_count == 0 && self.abusive_windows == 0 {
+            // Outside a streak, a window starts with its first message.
+            self.window_start = now;
+        }
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= WINDOW {
             let abusive = self.window_count > ABUSE_FACTOR * self.rate as u32;

@@ -18,4 +18,5 @@ mod resume;
 mod ws_auth;
 mod ws_events;
 mod ws_hygiene;
+mod ws_multiplexed;
 mod wsclient;

@@ -10,8 +10,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{spawn_app_with, ChildServer, TestApp};
-use crate::wsclient::{ws_url, Client};
+use crate::helpers::{create_admin_cli, spawn_app_with, ChildServer, TestApp, PASSWORD};
+use crate::wsclient::Client;
 
 async fn station_client(app: &TestApp, station: i64) -> Client {
     let (mut client, _) = Client::open(app, &format!("/ws/stations/{station}"), None).await;
@@ -182,8 +182,9 @@ async fn floods_are_limited_then_closed_with_1008() {
     assert!(after >= Duration::from_secs(3), "closed after only {after:?}");
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// The resident memory of a process, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -193,27 +194,52 @@ fn rss_kib() -> u64 {
 
 /// A reader that stops reading is closed with 1013 once its queue is full; the server's memory
 /// stays bounded, a healthy reader beside it receives every event, and the stuck one resumes
-/// without losing any.
+/// without losing any. The server runs as its own process so its memory can be read.
 #[actix_web::test]
 async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
     const ADDITIONS: usize = 2500; // two events each: 5,000 events
-    let app = spawn_app_with(|_| {}).await;
-    let station = app.station("S", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("stuck.db").display());
+    create_admin_cli(&url, "stuck@swapcast.test");
+    let server = ChildServer::start(&url);
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{}/api/auth/login", server.address()))
+        .json(&json!({"email": "stuck@swapcast.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let station: serde_json::Value = http
+        .post(format!("{}/api/stations", server.address()))
+        .bearer_auth(&token)
+        .json(&json!({"name": "S"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let station = station["id"].as_i64().unwrap();
+    let feed = format!("ws://127.0.0.1:{}/ws/stations/{station}", server.port);
 
     // The stuck client: a tiny receive buffer, and it reads nothing after its snapshot.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let addr = app.address.trim_start_matches("http://").parse().unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let url = ws_url(&app, &format!("/ws/stations/{station}"));
-    let (stuck, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+    let stream = socket.connect(([127, 0, 0, 1], server.port).into()).await.unwrap();
+    let (stuck, _) = tokio_tungstenite::client_async(feed.clone(), tokio_tungstenite::MaybeTlsStream::Plain(stream))
         .await
         .unwrap();
     let mut stuck = Client { socket: stuck };
     stuck.events(2).await;
-    let mut healthy = station_client(&app, station).await;
+    let (healthy, _) = tokio_tungstenite::connect_async(feed.clone()).await.unwrap();
+    let mut healthy = Client { socket: healthy };
+    healthy.events(2).await;
 
-    let rss_before = rss_kib();
+    let rss_before = rss_kib(server.child.id());
     let healthy_reader = async move {
         let mut ids = Vec::with_capacity(ADDITIONS * 2);
         while ids.len() < ADDITIONS * 2 {
@@ -224,10 +250,17 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
     };
     let writers = async {
         let workers = (0..8).map(|w| {
-            let app = &app;
+            let (http, token, address) = (http.clone(), token.clone(), server.address());
             async move {
                 for i in (w..ADDITIONS).step_by(8) {
-                    app.battery(station, &format!("FLOOD-{i}")).await;
+                    let reply = http
+                        .post(format!("{address}/api/stations/{station}/batteries"))
+                        .bearer_auth(&token)
+                        .json(&json!({"serial": format!("FLOOD-{i}"), "model": "M"}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(reply.status(), 201);
                 }
             }
         });
@@ -238,8 +271,11 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
         ids.windows(2).all(|w| w[1] == w[0] + 1),
         "the healthy reader missed or reordered events"
     );
-    let grown = rss_kib().saturating_sub(rss_before);
-    assert!(grown < 64 * 1024, "memory grew by {grown} KiB while a reader was stuck");
+    let grown = rss_kib(server.child.id()).saturating_sub(rss_before);
+    assert!(
+        grown < 32 * 1024,
+        "the server grew by {grown} KiB while a reader was stuck"
+    );
 
     // Now the stuck client reads: what fitted in the buffers, then the close.
     let mut got = Vec::new();
@@ -255,7 +291,11 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
 
     // It resumes from the last event it has and receives everything it missed, once.
     let last = *got.last().expect("some events before the cut");
-    let (mut resumed, _) = Client::open(&app, &format!("/ws/stations/{station}?last_event_id={last}"), None).await;
+    let (resumed, _) = tokio_tungstenite::connect_async(format!("{feed}?last_event_id={last}"))
+        .await
+        .unwrap();
+    let mut resumed = Client { socket: resumed };
+    assert_eq!(resumed.next_json().await["type"], "connection_established");
     while got.len() < ADDITIONS * 2 {
         got.push(resumed.next_json().await["event_id"].as_i64().expect("an event"));
     }

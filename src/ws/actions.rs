@@ -1,0 +1,131 @@
+//! Requests over `/ws` (`{"type":"request","request_id",…,"action",…,"data":{…}}`): the same
+//! input parsing, domain services and authorization as their REST twins, answered with the same
+//! error codes.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{policy, Actor};
+use crate::domain::ids::{BookingId, StationId};
+use crate::domain::stations::StationPatch;
+use crate::domain::values::StationStatus;
+use crate::domain::{batteries, bookings, stations, Page};
+use crate::error::{Error, Result};
+use crate::http::from_value;
+use crate::http::stations::AddBattery;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+struct StationRef {
+    station_id: i64,
+}
+
+#[derive(Deserialize)]
+struct BookingRef {
+    booking_id: i64,
+}
+
+#[derive(Deserialize)]
+struct ListStations {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SetStatus {
+    station_id: i64,
+    status: StationStatus,
+}
+
+#[derive(Deserialize)]
+struct AddBatteryRequest {
+    station_id: i64,
+    #[serde(flatten)]
+    battery: AddBattery,
+}
+
+fn to_value<T: serde::Serialize>(value: T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| Error::Internal(e.into()))
+}
+
+pub async fn perform(state: Arc<AppState>, actor: Option<Actor>, action: String, data: Value) -> Result<Value> {
+    let signed_in = || actor.clone().ok_or(Error::Unauthenticated);
+    match action.as_str() {
+        "list_stations" => {
+            policy::may_read_stations(actor.as_ref(), state.settings.public_feeds)?;
+            let input: ListStations = from_value(data)?;
+            let limit = input.limit.map(|l| l.to_string());
+            let page = Page::parse(limit.as_deref(), input.cursor.as_deref())?;
+            to_value(state.read(move |conn| stations::list(conn, page)).await?)
+        }
+        "get_station" => {
+            policy::may_read_stations(actor.as_ref(), state.settings.public_feeds)?;
+            let StationRef { station_id } = from_value(data)?;
+            to_value(
+                state
+                    .read(move |conn| stations::get(conn, StationId(station_id)))
+                    .await?,
+            )
+        }
+        "book_battery" => {
+            let actor = signed_in()?;
+            let StationRef { station_id } = from_value(data)?;
+            let hold = state.settings.booking_hold();
+            to_value(
+                state
+                    .change(move |ch| bookings::book(ch, &actor, StationId(station_id), hold))
+                    .await?,
+            )
+        }
+        "cancel_booking" | "mark_ready" | "collect_booking" => {
+            let actor = signed_in()?;
+            let BookingRef { booking_id } = from_value(data)?;
+            let step = match action.as_str() {
+                "cancel_booking" => bookings::cancel,
+                "mark_ready" => bookings::mark_ready,
+                _ => bookings::collect,
+            };
+            to_value(state.change(move |ch| step(ch, &actor, BookingId(booking_id))).await?)
+        }
+        "set_station_status" => {
+            let actor = signed_in()?;
+            let SetStatus { station_id, status } = from_value(data)?;
+            let patch = StationPatch {
+                status: Some(status),
+                ..StationPatch::default()
+            };
+            to_value(
+                state
+                    .change(move |ch| stations::update(ch, &actor, StationId(station_id), &patch))
+                    .await?,
+            )
+        }
+        "add_battery" => {
+            let actor = signed_in()?;
+            let request: AddBatteryRequest = from_value(data)?;
+            let input = request.battery.parse()?;
+            let station = StationId(request.station_id);
+            to_value(
+                state
+                    .change(move |ch| batteries::add(ch, &actor, station, &input))
+                    .await?,
+            )
+        }
+        other => Err(Error::field("action", format!("unknown action {other:?}"))),
+    }
+}
+
+/// The error reply of a request, with the contract's code (and `fields` for validation errors).
+pub fn error_reply(request_id: &Value, error: &Error) -> Value {
+    let mut body = json!({"code": error.code(), "message": error.to_string()});
+    if let Error::Validation(fields) = error {
+        body["fields"] = json!(fields);
+    }
+    if let Error::Internal(e) = error {
+        tracing::error!(error = ?e, "internal error in a WebSocket request");
+        body["message"] = json!("Internal server error");
+    }
+    json!({"type": "error", "request_id": request_id, "error": body})
+}

@@ -1,0 +1,338 @@
+//! Joining a channel, outside the session actor: may this caller watch it (the policy), register
+//! it with the registry or the user's notifier, then catch it up — a snapshot, or a replay from
+//! the event log after `last_event_id` — and let it go live. The seam between catch-up and live is
+//! closed by the session, which holds live events meanwhile and skips those already covered.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use actix::Recipient;
+use bytestring::ByteString;
+use serde_json::json;
+
+use super::session::close;
+use crate::auth::{policy, Actor};
+use crate::clock::now_ms;
+use crate::db;
+use crate::domain::ids::{StationId, UserId};
+use crate::domain::stations;
+use crate::error::{Error, Result};
+use crate::events::{log, wire, Audience};
+use crate::realtime::messages::{Channel, Connect, Join, PersonalData, SessionId, Subscribe, ToSession};
+use crate::state::AppState;
+
+/// Where a channel starts: fresh (with a snapshot) or after an event id the client already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    Fresh,
+    Resume(i64),
+    /// `last_event_id` was given but is not an id.
+    Unreadable,
+}
+
+/// Events replayed per read. A chunk is handed over only once the session has taken the one
+/// before — and a session whose socket is not draining takes nothing — so a long replay never
+/// sits in memory at once.
+const REPLAY_CHUNK: i64 = 500;
+
+/// The close code (seed endpoints) for a refusal.
+pub fn close_code(error: &Error) -> (u16, String) {
+    let code = match error {
+        Error::InvalidToken | Error::Unauthenticated => close::INVALID_TOKEN,
+        Error::TokenExpired => close::TOKEN_EXPIRED,
+        Error::AccountDisabled | Error::Forbidden(_) => close::FORBIDDEN,
+        Error::NotFound(_) => close::UNKNOWN_STATION,
+        _ => 1011,
+    };
+    (code, error.to_string())
+}
+
+/// Registers a new connection; returns the newest event id, for `connection_established`.
+pub async fn connect(
+    state: &AppState,
+    session: SessionId,
+    to: Recipient<ToSession>,
+    user: Option<UserId>,
+) -> Result<i64> {
+    state
+        .hub
+        .registry
+        .send(Connect { session, to, user })
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("registry unavailable: {e}")))?;
+    state.read(log::latest_id).await
+}
+
+/// The channels a caller is subscribed to on sign-in: their notifications, and an operator's
+/// own stations.
+pub async fn automatic(state: &AppState, actor: &Actor) -> Result<Vec<Channel>> {
+    let who = actor.clone();
+    let operated = state.read(move |conn| stations::operated_by(conn, Some(&who))).await?;
+    let mut channels = vec![Channel::Notifications];
+    channels.extend(
+        operated
+            .into_iter()
+            .filter(|(_, operator)| policy::sees_personal_data(Some(actor), *operator))
+            .map(|(id, _)| Channel::Station(id)),
+    );
+    Ok(channels)
+}
+
+/// May this caller watch this channel, and where do they see personal data?
+async fn authorize(state: &AppState, actor: Option<&Actor>, channel: Channel) -> Result<PersonalData> {
+    match channel {
+        Channel::Notifications => {
+            actor.ok_or(Error::Unauthenticated)?;
+            Ok(PersonalData::Hidden)
+        }
+        Channel::System => {
+            policy::require_admin(actor.ok_or(Error::Unauthenticated)?)?;
+            Ok(PersonalData::Hidden)
+        }
+        Channel::Station(_) | Channel::Stations => {
+            policy::may_read_stations(actor, state.settings.public_feeds)?;
+            let who = actor.cloned();
+            state
+                .read(move |conn| match channel {
+                    Channel::Station(id) => {
+                        let station = stations::load(conn, id)?;
+                        let shown = policy::sees_personal_data(who.as_ref(), stations::operator_of(&station));
+                        Ok(if shown {
+                            PersonalData::Shown
+                        } else {
+                            PersonalData::Hidden
+                        })
+                    }
+                    _ if policy::sees_all_personal_data(who.as_ref()) => Ok(PersonalData::Shown),
+                    _ => {
+                        let operated: HashSet<StationId> = stations::operated_by(conn, who.as_ref())?
+                            .into_iter()
+                            .filter(|(_, operator)| policy::sees_personal_data(who.as_ref(), *operator))
+                            .map(|(id, _)| id)
+                            .collect();
+                        Ok(if operated.is_empty() {
+                            PersonalData::Hidden
+                        } else {
+                            PersonalData::ShownFor(operated)
+                        })
+                    }
+                })
+                .await
+        }
+    }
+}
+
+/// Authorizes, registers and catches up one channel of one session.
+pub async fn join(
+    state: Arc<AppState>,
+    session: SessionId,
+    to: Recipient<ToSession>,
+    actor: Option<Actor>,
+    channel: Channel,
+    tagged: bool,
+    start: Start,
+) {
+    let outcome = async {
+        let personal = authorize(&state, actor.as_ref(), channel).await?;
+        let registered = match (channel, actor.as_ref()) {
+            (Channel::Notifications, Some(actor)) => {
+                state
+                    .hub
+                    .directory
+                    .send(Join {
+                        user: actor.id,
+                        session,
+                        to: to.clone(),
+                        tagged,
+                    })
+                    .await
+            }
+            _ => {
+                let subscribe = Subscribe {
+                    session,
+                    channel,
+                    personal: personal.clone(),
+                    tagged,
+                };
+                state.hub.registry.send(subscribe).await
+            }
+        };
+        registered.map_err(|e| Error::Internal(anyhow::anyhow!("hub unavailable: {e}")))?;
+        catch_up(&state, &to, actor.as_ref(), channel, tagged, &personal, start).await
+    };
+    if let Err(error) = outcome.await {
+        to.do_send(ToSession::Refused { channel, error });
+    }
+}
+
+fn feed_of(channel: Channel, actor: Option<&Actor>) -> Option<log::Feed> {
+    match channel {
+        Channel::Stations => Some(log::Feed::AllStations),
+        Channel::Station(id) => Some(log::Feed::Station(id)),
+        Channel::Notifications => actor.map(|a| log::Feed::User(a.id)),
+        Channel::System => None,
+    }
+}
+
+async fn catch_up(
+    state: &AppState,
+    to: &Recipient<ToSession>,
+    actor: Option<&Actor>,
+    channel: Channel,
+    tagged: bool,
+    personal: &PersonalData,
+    start: Start,
+) -> Result<()> {
+    // A session that went away meanwhile refuses messages; there is nobody left to catch up.
+    let gone = |_| Error::Internal(anyhow::anyhow!("session gone"));
+    let name = channel.name();
+    let form = |text: ByteString| if tagged { wire::tagged(&text, &name) } else { text };
+    let mut items = Vec::new();
+    if tagged {
+        items.push((None, wire::text(&json!({"type": "subscribed", "channel": name}))));
+    }
+    let feed = feed_of(channel, actor);
+    let resumable = match (start, feed) {
+        (Start::Resume(after), Some(_)) => state.read(move |conn| log::can_resume_from(conn, after)).await?,
+        _ => false,
+    };
+    if let (Start::Resume(mut after), true, Some(feed)) = (start, resumable, feed) {
+        loop {
+            let chunk = state
+                .read(move |conn| log::after_in(conn, feed, after, REPLAY_CHUNK))
+                .await?;
+            let done = (chunk.len() as i64) < REPLAY_CHUNK;
+            for event in &chunk {
+                let rendered = wire::render(event);
+                let shown = match event.audience {
+                    Audience::Station(station) => personal.shown_for(station),
+                    Audience::User(_) => false,
+                };
+                items.push((Some(event.id.0), form(rendered.for_viewer(shown).clone())));
+            }
+            if let Some(last) = chunk.last() {
+                after = last.id.0;
+            }
+            to.send(ToSession::Catchup {
+                channel,
+                items: std::mem::take(&mut items),
+            })
+            .await
+            .map_err(gone)?;
+            if done {
+                break;
+            }
+        }
+        return to
+            .send(ToSession::GoLive {
+                channel,
+                position: after,
+            })
+            .await
+            .map_err(gone);
+    }
+    match start {
+        Start::Resume(_) if feed.is_some() => items.push((
+            None,
+            form(wire::text(&json!({
+                "type": "error",
+                "code": "resume_expired",
+                "message": "Events after last_event_id are no longer retained; starting from a snapshot",
+            }))),
+        )),
+        Start::Unreadable => items.push((
+            None,
+            form(wire::text(&json!({
+                "type": "error",
+                "code": "invalid_last_event_id",
+                "message": "last_event_id must be an event id; starting from a snapshot",
+            }))),
+        )),
+        _ => {}
+    }
+    let (position, snapshot) = state
+        .read(move |conn| {
+            db::read_consistent(conn, |conn| {
+                let position = log::latest_id(conn)?;
+                let views = match channel {
+                    Channel::Station(id) => vec![stations::get(conn, id)?],
+                    Channel::Stations => stations::all(conn)?,
+                    Channel::Notifications | Channel::System => Vec::new(),
+                };
+                let at = now_ms();
+                Ok((
+                    position,
+                    views
+                        .iter()
+                        .map(|s| wire::snapshot(s, position, at))
+                        .collect::<Vec<_>>(),
+                ))
+            })
+        })
+        .await?;
+    items.extend(snapshot.into_iter().map(|text| (None, form(text))));
+    to.send(ToSession::Catchup { channel, items }).await.map_err(gone)?;
+    // A snapshot reflects every event up to its position; channels without one (notifications)
+    // pass on every event held since the registration.
+    let position = match channel {
+        Channel::Station(_) | Channel::Stations => position,
+        Channel::Notifications | Channel::System => i64::MIN,
+    };
+    to.send(ToSession::GoLive { channel, position }).await.map_err(gone)
+}
+
+/// After an admin changed the connected user: a disabled account loses the connection; otherwise
+/// the session takes the user as they now are, keeps the channels the policy still allows (with
+/// personal data re-decided) and loses the others.
+pub async fn recheck(
+    state: Arc<AppState>,
+    session: SessionId,
+    to: Recipient<ToSession>,
+    user: UserId,
+    channels: Vec<Channel>,
+    tagged: bool,
+) {
+    let found = state.read(move |conn| crate::domain::users::find(conn, user)).await;
+    let actor = match found {
+        Ok(Some(row)) if row.active => match crate::domain::values::Role::from_db(&row.role) {
+            Ok(role) => Actor {
+                id: user,
+                role,
+                email: row.email,
+            },
+            Err(error) => return to.do_send(ToSession::Revoked { channel: None, error }),
+        },
+        Ok(_) => {
+            return to.do_send(ToSession::Revoked {
+                channel: None,
+                error: Error::AccountDisabled,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-check a changed user's subscriptions");
+            return;
+        }
+    };
+    to.do_send(ToSession::Identity(actor.clone()));
+    for channel in channels {
+        match authorize(&state, Some(&actor), channel).await {
+            Ok(personal) if channel != Channel::Notifications => {
+                // Subscribing again replaces the watch, with personal data decided anew.
+                let again = Subscribe {
+                    session,
+                    channel,
+                    personal,
+                    tagged,
+                };
+                if state.hub.registry.send(again).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => to.do_send(ToSession::Revoked {
+                channel: Some(channel),
+                error,
+            }),
+        }
+    }
+}
