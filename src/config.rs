@@ -98,6 +98,10 @@ pub struct Settings {
     #[arg(long = "send-queue", env = "SWAPCAST_SEND_QUEUE", default_value_t = DEFAULT_SEND_QUEUE, global = true)]
     pub send_queue: usize,
 
+    /// This node's name in metrics and stats (default: host name and process id).
+    #[arg(long = "node-id", env = "SWAPCAST_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
     /// Database connections in the pool (default: 8 for SQLite, 16 for PostgreSQL).
     #[arg(long = "db-pool-size", env = "SWAPCAST_DB_POOL_SIZE", global = true)]
     pub db_pool_size: Option<u32>,
@@ -122,6 +126,7 @@ impl Default for Settings {
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
             send_queue: DEFAULT_SEND_QUEUE,
             db_pool_size: None,
+            node_id: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod events;
 mod health;
 mod idempotency;
 mod notifications;
+mod realtime;
 pub mod stations;
 mod users;
 
@@ -35,7 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(bookings::routes)
                 .configure(notifications::routes)
                 .configure(users::routes)
-                .configure(events::routes),
+                .configure(events::routes)
+                .configure(realtime::routes),
         )
         .default_service(web::to(not_found));
 }

@@ -2,10 +2,12 @@
 //! after the last one leaves, and routes each personal event to it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 
 use super::messages::*;
+use super::metrics::HubCounters;
 use super::notifier::Notifier;
 use crate::domain::ids::UserId;
 use crate::events::Audience;
@@ -15,9 +17,18 @@ struct Entry {
     sessions: usize,
 }
 
-#[derive(Default)]
 pub struct NotifierDirectory {
     users: HashMap<UserId, Entry>,
+    counters: Arc<HubCounters>,
+}
+
+impl NotifierDirectory {
+    pub fn new(counters: Arc<HubCounters>) -> NotifierDirectory {
+        NotifierDirectory {
+            users: HashMap::new(),
+            counters,
+        }
+    }
 }
 
 impl Actor for NotifierDirectory {
@@ -32,11 +43,13 @@ impl Handler<Join> for NotifierDirectory {
         if !msg.to.connected() {
             return;
         }
+        let counters = self.counters.clone();
         let entry = self.users.entry(msg.user).or_insert_with(|| Entry {
-            notifier: Notifier::default().start(),
+            notifier: Notifier::new(counters).start(),
             sessions: 0,
         });
         entry.sessions += 1;
+        self.counters.notification_joined(1);
         entry.notifier.do_send(msg);
     }
 }
@@ -50,6 +63,7 @@ impl Handler<Leave> for NotifierDirectory {
         };
         let notifier = entry.notifier.clone();
         entry.sessions = entry.sessions.saturating_sub(1);
+        self.counters.notification_joined(-1);
         if entry.sessions == 0 {
             self.users.remove(&msg.user);
             notifier.do_send(msg);
@@ -101,7 +115,7 @@ mod tests {
 
     #[actix::test]
     async fn a_notifier_lives_from_the_first_join_to_the_last_leave() {
-        let directory = NotifierDirectory::default().start();
+        let directory = NotifierDirectory::new(Default::default()).start();
         let user = UserId(1);
         let (a, b) = (Sink.start().recipient(), Sink.start().recipient());
         directory
@@ -143,7 +157,7 @@ mod tests {
 
     #[actix::test]
     async fn a_session_gone_before_it_joined_starts_no_notifier() {
-        let directory = NotifierDirectory::default().start();
+        let directory = NotifierDirectory::new(Default::default()).start();
         let sink = Sink.start();
         let to = sink.clone().recipient();
         sink.send(StopSink).await.unwrap();

@@ -31,8 +31,9 @@ pub enum ToSession {
     },
     /// The channel is caught up through `position`: flush the live events held meanwhile that are newer.
     GoLive { channel: Channel, position: i64 },
-    /// A plain message for the client (a reply, an error, a metrics sample).
-    Say(ByteString),
+    /// A message on a channel that is not an event (a `system_metrics` sample): sent if the
+    /// channel is live, never held or replayed.
+    Sample { channel: Channel, text: ByteString },
     /// The connected user changed (role, activity): check every subscription again.
     Recheck,
     /// The user as they now are; later requests act as this.
@@ -197,4 +198,19 @@ pub struct CountQuery;
 pub struct Counts {
     pub connections: usize,
     pub subscriptions: usize,
+}
+
+/// What the registry knows about its watchers, for `GET /api/realtime/stats`.
+#[derive(Message)]
+#[rtype(result = "RegistryStats")]
+pub struct StatsQuery;
+
+#[derive(Clone, Debug, Default)]
+pub struct RegistryStats {
+    pub connections: usize,
+    pub subscriptions: usize,
+    /// Watchers of each station's own channel.
+    pub stations: Vec<(StationId, usize)>,
+    /// Watchers of the all-stations channel.
+    pub all_stations: usize,
 }

@@ -5,16 +5,19 @@
 //! - [`directory`] starts and stops one [`notifier::Notifier`] per connected user
 //! - [`notifier`]  a user's sessions
 //! - [`outbox`]    the never-wait rule for handing a message to a session
+//! - [`metrics`]   the hub's counters (for the `system` channel and stats)
 //! - [`messages`]  every message they exchange
 
 pub mod directory;
 pub mod messages;
+pub mod metrics;
 pub mod notifier;
 pub mod outbox;
 pub mod publisher;
 pub mod registry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use actix::prelude::*;
 
@@ -22,6 +25,7 @@ use crate::domain::ids::UserId;
 use crate::events::Event;
 use directory::NotifierDirectory;
 use messages::{Committed, SessionId, UserChanged};
+use metrics::HubCounters;
 use publisher::Publisher;
 use registry::StationRegistry;
 
@@ -31,18 +35,25 @@ pub struct Hub {
     pub publisher: Addr<Publisher>,
     pub registry: Addr<StationRegistry>,
     pub directory: Addr<NotifierDirectory>,
+    pub counters: Arc<HubCounters>,
+    /// This node's name, in metrics and stats.
+    pub node: Arc<str>,
 }
 
 impl Hub {
     /// Starts the actors on the current arbiter. `last_event_id` is the newest committed event.
-    pub fn start(last_event_id: i64) -> Hub {
-        let registry = StationRegistry::default().start();
-        let directory = NotifierDirectory::default().start();
-        let publisher = Publisher::new(last_event_id, registry.clone(), directory.clone()).start();
+    pub fn start(last_event_id: i64, node: String) -> Hub {
+        let counters = Arc::new(HubCounters::default());
+        let node: Arc<str> = node.into();
+        let registry = StationRegistry::new(counters.clone(), node.clone()).start();
+        let directory = NotifierDirectory::new(counters.clone()).start();
+        let publisher = Publisher::new(last_event_id, registry.clone(), directory.clone(), counters.clone()).start();
         Hub {
             publisher,
             registry,
             directory,
+            counters,
+            node,
         }
     }
 

@@ -2,18 +2,29 @@
 //! user's events reach that user's connections alone.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::messages::*;
+use super::metrics::HubCounters;
 use super::outbox::{deliver, Delivery};
 use crate::events::wire;
 
-#[derive(Default)]
 pub struct Notifier {
     /// Each session, and whether it wants messages tagged with their channel.
     sessions: HashMap<SessionId, (Recipient<ToSession>, bool)>,
+    counters: Arc<HubCounters>,
+}
+
+impl Notifier {
+    pub fn new(counters: Arc<HubCounters>) -> Notifier {
+        Notifier {
+            sessions: HashMap::new(),
+            counters,
+        }
+    }
 }
 
 impl Actor for Notifier {
@@ -41,6 +52,7 @@ impl Handler<Publish> for Notifier {
 
     fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) {
         let channel = Channel::Notifications;
+        let counters = &self.counters;
         // Made on first need, once per event, shared by every tagged session.
         let mut tagged_form: Option<ByteString> = None;
         self.sessions.retain(|_, (to, tagged)| {
@@ -51,14 +63,18 @@ impl Handler<Publish> for Notifier {
             } else {
                 event.public.clone()
             };
-            deliver(
+            let queued = deliver(
                 to,
                 ToSession::Event {
                     channel,
                     event_id: event.event_id,
                     text,
                 },
-            ) == Delivery::Queued
+            ) == Delivery::Queued;
+            if queued {
+                counters.count_delivery();
+            }
+            queued
         });
     }
 }

@@ -11,6 +11,7 @@ use actix::prelude::*;
 
 use super::directory::NotifierDirectory;
 use super::messages::*;
+use super::metrics::HubCounters;
 use super::registry::StationRegistry;
 use crate::events::wire::render;
 use crate::events::{Audience, Event};
@@ -28,21 +29,29 @@ pub struct Publisher {
     gap_since: Option<Instant>,
     registry: Addr<StationRegistry>,
     directory: Addr<NotifierDirectory>,
+    counters: Arc<HubCounters>,
 }
 
 impl Publisher {
     /// `last_event_id`: the newest event already committed when the process started.
-    pub fn new(last_event_id: i64, registry: Addr<StationRegistry>, directory: Addr<NotifierDirectory>) -> Publisher {
+    pub fn new(
+        last_event_id: i64,
+        registry: Addr<StationRegistry>,
+        directory: Addr<NotifierDirectory>,
+        counters: Arc<HubCounters>,
+    ) -> Publisher {
         Publisher {
             next: last_event_id + 1,
             waiting: BTreeMap::new(),
             gap_since: None,
             registry,
             directory,
+            counters,
         }
     }
 
     fn route(&mut self, event: Event) {
+        self.counters.count_event();
         let rendered = Publish(Arc::new(render(&event)));
         match event.audience {
             Audience::Station(_) => self.registry.do_send(rendered),

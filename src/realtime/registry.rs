@@ -4,15 +4,20 @@
 //! once per event and shared by all its recipients.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::messages::*;
+use super::metrics::HubCounters;
 use super::outbox::{deliver, Delivery};
-use crate::domain::ids::UserId;
+use crate::clock::{iso, now_ms};
+use crate::domain::ids::{StationId, UserId};
 use crate::events::wire::tagged;
 use crate::events::Audience;
+use serde_json::json;
 
 struct Connection {
     to: Recipient<ToSession>,
@@ -25,16 +30,75 @@ struct Watch {
     tagged: bool,
 }
 
-#[derive(Default)]
 pub struct StationRegistry {
     connections: HashMap<SessionId, Connection>,
     /// Channel → who watches it. Indexed by channel so an event costs its own audience, not every
     /// connection.
     watchers: HashMap<Channel, HashMap<SessionId, Watch>>,
+    counters: Arc<HubCounters>,
+    node: Arc<str>,
+    /// The counters at the previous `system_metrics` sample, for rates.
+    last_sample: (Instant, u64, u64),
+}
+
+/// How often the `system` channel gets a `system_metrics` sample (CONTRACT §4.3).
+pub const SYSTEM_METRICS_INTERVAL: Duration = Duration::from_secs(5);
+
+impl StationRegistry {
+    pub fn new(counters: Arc<HubCounters>, node: Arc<str>) -> StationRegistry {
+        StationRegistry {
+            connections: HashMap::new(),
+            watchers: HashMap::new(),
+            last_sample: (Instant::now(), 0, 0),
+            counters,
+            node,
+        }
+    }
+
+    fn subscriptions(&self) -> usize {
+        let (_, _, notifications) = self.counters.snapshot();
+        self.watchers.values().map(HashMap::len).sum::<usize>() + notifications as usize
+    }
+
+    /// Sends a `system_metrics` sample to the `system` channel's watchers.
+    fn sample(&mut self) {
+        let (events, deliveries, _) = self.counters.snapshot();
+        let (then, events_then, deliveries_then) = self.last_sample;
+        let secs = then.elapsed().as_secs_f64().max(0.001);
+        self.last_sample = (Instant::now(), events, deliveries);
+        let Some(watchers) = self.watchers.get(&Channel::System) else {
+            return;
+        };
+        let text = tagged(
+            &json!({
+                "type": "system_metrics",
+                "connections": self.connections.len(),
+                "subscriptions": self.subscriptions(),
+                "events_per_sec": ((events - events_then) as f64 / secs * 10.0).round() / 10.0,
+                "deliveries_per_sec": ((deliveries - deliveries_then) as f64 / secs * 10.0).round() / 10.0,
+                "node": &*self.node,
+                "timestamp": iso(now_ms()),
+            })
+            .to_string(),
+            &Channel::System.name(),
+        );
+        for session in watchers.keys() {
+            if let Some(connection) = self.connections.get(session) {
+                connection.to.do_send(ToSession::Sample {
+                    channel: Channel::System,
+                    text: text.clone(),
+                });
+            }
+        }
+    }
 }
 
 impl Actor for StationRegistry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(SYSTEM_METRICS_INTERVAL, |this, _| this.sample());
+    }
 }
 
 impl StationRegistry {
@@ -67,16 +131,16 @@ impl StationRegistry {
                 continue;
             };
             let (event_id, text) = text_for(watch);
-            if deliver(
+            match deliver(
                 &connection.to,
                 ToSession::Event {
                     channel,
                     event_id,
                     text,
                 },
-            ) == Delivery::Drop
-            {
-                dropped.push(*session);
+            ) {
+                Delivery::Queued => self.counters.count_delivery(),
+                Delivery::Drop => dropped.push(*session),
             }
         }
         for session in dropped {
@@ -178,6 +242,28 @@ impl Handler<UserChanged> for StationRegistry {
     }
 }
 
+impl Handler<StatsQuery> for StationRegistry {
+    type Result = MessageResult<StatsQuery>;
+
+    fn handle(&mut self, _: StatsQuery, _: &mut Context<Self>) -> Self::Result {
+        let mut stations: Vec<(StationId, usize)> = self
+            .watchers
+            .iter()
+            .filter_map(|(channel, watchers)| match channel {
+                Channel::Station(id) => Some((*id, watchers.len())),
+                _ => None,
+            })
+            .collect();
+        stations.sort();
+        MessageResult(RegistryStats {
+            connections: self.connections.len(),
+            subscriptions: self.subscriptions(),
+            stations,
+            all_stations: self.watchers.get(&Channel::Stations).map_or(0, HashMap::len),
+        })
+    }
+}
+
 impl Handler<ShutDownAll> for StationRegistry {
     type Result = ();
 
@@ -194,7 +280,7 @@ impl Handler<CountQuery> for StationRegistry {
     fn handle(&mut self, _: CountQuery, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Counts {
             connections: self.connections.len(),
-            subscriptions: self.watchers.values().map(HashMap::len).sum(),
+            subscriptions: self.subscriptions(),
         })
     }
 }

@@ -486,7 +486,11 @@ impl Handler<ToSession> for WsSession {
                 }
                 _ => self.refused(channel, error, ctx),
             },
-            ToSession::Say(text) => ctx.text(text),
+            ToSession::Sample { channel, text } => {
+                if self.channels.get(&channel).is_some_and(|c| c.held.is_none()) {
+                    ctx.text(text);
+                }
+            }
             ToSession::Overflowed => Self::close(
                 ctx,
                 CloseCode::Other(close::TRY_AGAIN_LATER),

@@ -82,6 +82,7 @@ enum Case {
     ListUsers,
     ChangeRole,
     ReadEventLog,
+    RealtimeStats,
     Me,
 }
 
@@ -108,6 +109,7 @@ impl Case {
         Case::ListUsers,
         Case::ChangeRole,
         Case::ReadEventLog,
+        Case::RealtimeStats,
         Case::Me,
     ];
 
@@ -121,7 +123,9 @@ impl Case {
                 SIGNED_IN
             }
             Case::CancelUsersBooking => &[User, Admin],
-            Case::SendNotification | Case::ListUsers | Case::ChangeRole | Case::ReadEventLog => ADMIN,
+            Case::SendNotification | Case::ListUsers | Case::ChangeRole | Case::ReadEventLog | Case::RealtimeStats => {
+                ADMIN
+            }
         }
     }
 
@@ -249,6 +253,7 @@ impl Case {
                 )
             }
             Case::ReadEventLog => (Method::GET, "/api/events".into(), None),
+            Case::RealtimeStats => (Method::GET, "/api/realtime/stats".into(), None),
             Case::Me => (Method::GET, "/api/me".into(), None),
         }
     }

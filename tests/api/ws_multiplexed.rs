@@ -346,3 +346,68 @@ async fn role_changes_and_deactivation_reach_live_connections() {
         assert_eq!(code, Some(4003));
     }
 }
+
+#[actix_web::test]
+async fn admins_watch_live_system_metrics() {
+    let app = spawn_app().await;
+    let station = app.station("S", None).await;
+    let mut admin = connect(&app, Some(&app.admin)).await;
+    admin.send_text(r#"{"type":"subscribe","channel":"system"}"#).await;
+    until(&mut admin, |m| m["type"] == "subscribed" && m["channel"] == "system").await;
+    let (mut viewer, _) = Client::open(&app, &format!("/ws/stations/{station}"), None).await;
+    viewer.next_json().await;
+    // Produce events until a sample arrives that saw them.
+    let produce = async {
+        for i in 0..60 {
+            app.battery(station, &format!("SYS-{i}")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let watch = async {
+        loop {
+            let sample = until(&mut admin, typed("system_metrics")).await;
+            if sample["events_per_sec"].as_f64().unwrap_or(0.0) > 0.0 {
+                return sample;
+            }
+        }
+    };
+    let sample = tokio::select! {
+        sample = watch => sample,
+        () = produce => panic!("no system_metrics with live numbers in 6 s"),
+    };
+    assert_eq!(sample["channel"], "system");
+    assert!(sample["connections"].as_u64().unwrap() >= 2, "{sample}");
+    assert!(sample["subscriptions"].as_u64().unwrap() >= 3, "{sample}");
+    assert!(sample["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{sample}");
+    assert!(sample["node"].as_str().is_some_and(|n| !n.is_empty()));
+}
+
+#[actix_web::test]
+async fn admins_read_viewers_per_station() {
+    let app = spawn_app().await;
+    let (a, b) = (app.station("A", None).await, app.station("B", None).await);
+    let mut clients = Vec::new();
+    for path in [
+        format!("/ws/stations/{a}"),
+        format!("/ws/stations/{a}/"),
+        format!("/ws/stations/{b}"),
+        "/ws/stations/".into(),
+    ] {
+        let (mut client, _) = Client::open(&app, &path, None).await;
+        client.next_json().await;
+        clients.push(client);
+    }
+    let stats = app.get("/api/realtime/stats", Some(&app.admin.token)).await.expect(200);
+    assert_eq!(
+        stats["stations"],
+        json!([{"station_id": a, "viewers": 2}, {"station_id": b, "viewers": 1}])
+    );
+    assert_eq!(stats["all_stations_viewers"], 1);
+    assert_eq!(stats["connections"], 4);
+    assert_eq!(stats["nodes"].as_array().unwrap().len(), 1);
+    let user = app.user("user").await;
+    app.get("/api/realtime/stats", Some(&user.token))
+        .await
+        .expect_error(403, "forbidden");
+    drop(clients);
+}
