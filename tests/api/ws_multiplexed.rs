@@ -411,3 +411,46 @@ async fn admins_read_viewers_per_station() {
         .expect_error(403, "forbidden");
     drop(clients);
 }
+
+#[actix_web::test]
+async fn channels_resume_after_an_event_id_too() {
+    let app = spawn_app().await;
+    let station = app.station("S", None).await;
+    app.battery(station, "R-1").await;
+    let after = app.last_event_id().await;
+    app.battery(station, "R-2").await;
+    let mut client = connect(&app, None).await;
+    let channel = format!("station:{station}");
+    client
+        .send_text(&json!({"type": "subscribe", "channel": channel, "last_event_id": after}).to_string())
+        .await;
+    assert_eq!(
+        client.next_json().await,
+        json!({"type": "subscribed", "channel": channel})
+    );
+    let replayed = client.events(2).await;
+    assert_eq!(
+        replayed[0]["type"], "battery_added",
+        "a replay, not a snapshot: {}",
+        replayed[0]
+    );
+    assert_eq!(replayed[0]["event_id"], after + 1);
+    assert_eq!(replayed[1]["event_id"], after + 2);
+    assert!(replayed.iter().all(|m| m["channel"] == channel));
+    // And at connect, for the automatic subscriptions.
+    let user = app.user("user").await;
+    app.post(
+        "/api/notifications",
+        Some(&app.admin.token),
+        json!({"user_id": user.id, "title": "missed", "message": "m"}),
+    )
+    .await
+    .expect(201);
+    let path = format!("/ws?last_event_id={after}");
+    let (mut back, _) = Client::open(&app, &path, Some(&user.token)).await;
+    let missed = until(&mut back, typed("notification")).await;
+    assert_eq!(
+        (missed["title"].as_str(), missed["channel"].as_str()),
+        (Some("missed"), Some("notifications"))
+    );
+}
