@@ -373,3 +373,62 @@ pub fn create_admin_cli(database_url: &str, email: &str) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// An admin signed in to a [`ChildServer`] (made first with [`create_admin_cli`]).
+pub struct ChildAdmin {
+    pub http: reqwest::Client,
+    pub address: String,
+    pub token: String,
+}
+
+impl ChildAdmin {
+    pub async fn sign_in(server: &ChildServer, email: &str) -> ChildAdmin {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let address = server.address();
+        let login: Value = http
+            .post(format!("{address}/api/auth/login"))
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["access_token"].as_str().expect("signed in").to_owned();
+        ChildAdmin { http, address, token }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    pub async fn station(&self, name: &str) -> i64 {
+        let created: Value = self
+            .post("/api/stations", json!({"name": name}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["id"].as_i64().unwrap()
+    }
+}

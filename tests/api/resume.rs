@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{create_admin_cli, fresh_db, spawn_app, spawn_app_with, ChildServer, TestApp, PASSWORD};
+use crate::helpers::{create_admin_cli, fresh_db, spawn_app, spawn_app_with, ChildAdmin, ChildServer, TestApp};
 use crate::wsclient::Client;
 
 /// Every event id of one station in the log, oldest first.
@@ -173,37 +173,8 @@ async fn a_killed_server_loses_nothing_it_committed() {
     let url = db.url();
     create_admin_cli(&url, "crash@swapcast.test");
     let server = ChildServer::start(&url);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let login = |address: String| {
-        let http = http.clone();
-        async move {
-            let body: Value = http
-                .post(format!("{address}/api/auth/login"))
-                .json(&json!({"email": "crash@swapcast.test", "password": PASSWORD}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body["access_token"].as_str().unwrap().to_owned()
-        }
-    };
-    let token = login(server.address()).await;
-    let station: Value = http
-        .post(format!("{}/api/stations", server.address()))
-        .bearer_auth(&token)
-        .json(&json!({"name": "Crash"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let station = station["id"].as_i64().unwrap();
+    let admin = ChildAdmin::sign_in(&server, "crash@swapcast.test").await;
+    let station = admin.station("Crash").await;
     let ws = format!("ws://127.0.0.1:{}/ws/stations/{station}", server.port);
     let (socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
     let mut watcher = Client { socket };
@@ -222,11 +193,11 @@ async fn a_killed_server_loses_nothing_it_committed() {
                     .status();
             });
         }
-        let reply = http
-            .post(format!("{}/api/stations/{station}/batteries", server.address()))
-            .bearer_auth(&token)
-            .json(&json!({"serial": format!("K-{i}"), "model": "M"}))
-            .send()
+        let reply = admin
+            .post(
+                &format!("/api/stations/{station}/batteries"),
+                json!({"serial": format!("K-{i}"), "model": "M"}),
+            )
             .await;
         match reply {
             Ok(r) if r.status() == 201 => created.push(r.json::<Value>().await.unwrap()["id"].as_i64().unwrap()),
@@ -256,33 +227,15 @@ async fn a_killed_server_loses_nothing_it_committed() {
 
     // Restart on the same database.
     let server = ChildServer::start(&url);
-    let token = login(server.address()).await;
-    let events: Value = http
-        .get(format!("{}/api/events?limit=500", server.address()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = ChildAdmin::sign_in(&server, "crash@swapcast.test").await;
+    let events = admin.get("/api/events?limit=500").await;
     let events = events["items"].as_array().unwrap().clone();
     let added: Vec<i64> = events
         .iter()
         .filter(|e| e["type"] == "battery_added")
         .map(|e| e["payload"]["battery_id"].as_i64().unwrap())
         .collect();
-    let batteries: Value = http
-        .get(format!(
-            "{}/api/stations/{station}/batteries?limit=500",
-            server.address()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batteries = admin.get(&format!("/api/stations/{station}/batteries?limit=500")).await;
     let rows: HashSet<i64> = batteries["items"]
         .as_array()
         .unwrap()

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{create_admin_cli, spawn_app_with, ChildServer, TestApp, PASSWORD};
+use crate::helpers::{create_admin_cli, spawn_app_with, ChildAdmin, ChildServer, TestApp};
 use crate::wsclient::Client;
 
 async fn station_client(app: &TestApp, station: i64) -> Client {
@@ -202,28 +202,8 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
     let url = format!("sqlite://{}", dir.path().join("stuck.db").display());
     create_admin_cli(&url, "stuck@swapcast.test");
     let server = ChildServer::start(&url);
-    let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{}/api/auth/login", server.address()))
-        .json(&json!({"email": "stuck@swapcast.test", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_owned();
-    let station: serde_json::Value = http
-        .post(format!("{}/api/stations", server.address()))
-        .bearer_auth(&token)
-        .json(&json!({"name": "S"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let station = station["id"].as_i64().unwrap();
+    let admin = ChildAdmin::sign_in(&server, "stuck@swapcast.test").await;
+    let station = admin.station("S").await;
     let feed = format!("ws://127.0.0.1:{}/ws/stations/{station}", server.port);
 
     // The stuck client: a tiny receive buffer, and it reads nothing after its snapshot.
@@ -250,14 +230,12 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
     };
     let writers = async {
         let workers = (0..8).map(|w| {
-            let (http, token, address) = (http.clone(), token.clone(), server.address());
+            let admin = &admin;
             async move {
                 for i in (w..ADDITIONS).step_by(8) {
-                    let reply = http
-                        .post(format!("{address}/api/stations/{station}/batteries"))
-                        .bearer_auth(&token)
-                        .json(&json!({"serial": format!("FLOOD-{i}"), "model": "M"}))
-                        .send()
+                    let body = json!({"serial": format!("FLOOD-{i}"), "model": "M"});
+                    let reply = admin
+                        .post(&format!("/api/stations/{station}/batteries"), body)
                         .await
                         .unwrap();
                     assert_eq!(reply.status(), 201);
