@@ -11,7 +11,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 use super::Actor;
-use crate::db;
+use crate::domain::ids::UserId;
 use crate::domain::users;
 use crate::domain::values::Role;
 use crate::error::{Error, Result};
@@ -52,8 +52,14 @@ pub fn find_token(req: &HttpRequest) -> Result<Option<(String, TokenSource)>> {
 /// Verifies a token and loads its user: the role and activity that count are the database's.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Actor> {
     let claims = state.keys.verify(token)?;
-    let id = claims.user_id()?;
-    let user = db::run(&state.pool, move |conn| users::find(conn, id))
+    load_actor(state, claims.user_id()?).await
+}
+
+/// A user as they are now; a user who no longer exists is an invalid token, a deactivated one is
+/// refused.
+pub async fn load_actor(state: &AppState, id: UserId) -> Result<Actor> {
+    let user = state
+        .read(move |conn| users::find(conn, id))
         .await?
         .ok_or(Error::InvalidToken)?;
     if !user.active {

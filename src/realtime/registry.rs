@@ -273,14 +273,3 @@ impl Handler<ShutDownAll> for StationRegistry {
         }
     }
 }
-
-impl Handler<CountQuery> for StationRegistry {
-    type Result = MessageResult<CountQuery>;
-
-    fn handle(&mut self, _: CountQuery, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(Counts {
-            connections: self.connections.len(),
-            subscriptions: self.subscriptions(),
-        })
-    }
-}

@@ -11,6 +11,7 @@ use bytestring::ByteString;
 use serde_json::json;
 
 use super::session::close;
+use crate::auth::extract::load_actor;
 use crate::auth::{policy, Actor};
 use crate::clock::now_ms;
 use crate::db;
@@ -292,17 +293,9 @@ pub async fn recheck(
     channels: Vec<Channel>,
     tagged: bool,
 ) {
-    let found = state.read(move |conn| crate::domain::users::find(conn, user)).await;
-    let actor = match found {
-        Ok(Some(row)) if row.active => match crate::domain::values::Role::from_db(&row.role) {
-            Ok(role) => Actor {
-                id: user,
-                role,
-                email: row.email,
-            },
-            Err(error) => return to.do_send(ToSession::Revoked { channel: None, error }),
-        },
-        Ok(_) => {
+    let actor = match load_actor(&state, user).await {
+        Ok(actor) => actor,
+        Err(Error::AccountDisabled | Error::InvalidToken) => {
             return to.do_send(ToSession::Revoked {
                 channel: None,
                 error: Error::AccountDisabled,
