@@ -358,7 +358,7 @@ async fn admins_watch_live_system_metrics() {
     viewer.next_json().await;
     // Produce events until a sample arrives that saw them.
     let produce = async {
-        for i in 0..60 {
+        for i in 0..150 {
             app.battery(station, &format!("SYS-{i}")).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -373,7 +373,7 @@ async fn admins_watch_live_system_metrics() {
     };
     let sample = tokio::select! {
         sample = watch => sample,
-        () = produce => panic!("no system_metrics with live numbers in 6 s"),
+        () = produce => panic!("no system_metrics with live numbers in 15 s"),
     };
     assert_eq!(sample["channel"], "system");
     assert!(sample["connections"].as_u64().unwrap() >= 2, "{sample}");
