@@ -5,7 +5,15 @@
 
 use std::time::Duration;
 
-use clap::{ArgAction, Args};
+use clap::{ArgAction, Args, ValueEnum};
+
+/// How logs are written: for people (the default) or one JSON object per line, for collectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
 
 /// `cargo run --release` with no setup: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://swapcast.db";
@@ -98,6 +106,10 @@ pub struct Settings {
     #[arg(long = "send-queue", env = "SWAPCAST_SEND_QUEUE", default_value_t = DEFAULT_SEND_QUEUE, global = true)]
     pub send_queue: usize,
 
+    /// `human` or `json`.
+    #[arg(long = "log-format", env = "SWAPCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+
     /// This node's name in metrics and stats (default: host name and process id).
     #[arg(long = "node-id", env = "SWAPCAST_NODE_ID", global = true)]
     pub node_id: Option<String>,
@@ -127,6 +139,7 @@ impl Default for Settings {
             send_queue: DEFAULT_SEND_QUEUE,
             db_pool_size: None,
             node_id: None,
+            log_format: LogFormat::Human,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The `swapcast` command: `serve` (the default), `migrate`, `create-admin`, `bench`.
 
 use clap::{Parser, Subcommand};
-use swapcast::config::Settings;
+use swapcast::config::{LogFormat, Settings};
 use swapcast::startup::{self, Application};
 use tracing_subscriber::EnvFilter;
 
@@ -40,10 +40,13 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    match cli.settings.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Human => logs.init(),
+    }
     match cli.command.unwrap_or(Command::Serve) {
         // The bench runs its own multi-threaded runtime, apart from any server.
         Command::Bench(workload) => swapcast::bench::run(workload),

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::middleware::{Logger, NormalizePath};
+use actix_web::middleware::{from_fn, NormalizePath};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
@@ -20,10 +20,6 @@ use crate::realtime::messages::ShutDownAll;
 use crate::realtime::Hub;
 use crate::state::AppState;
 use crate::{http, sweeper, ws};
-
-/// Access-log line: method, path without the query string (which may carry a token), status,
-/// size, time.
-const ACCESS_LOG_FORMAT: &str = "%{method}xi %U %s %b %Dms";
 
 /// The kernel send buffer of each connection. Fixed rather than autotuned (which grows to 4 MiB on
 /// Linux) so a client that stops reading holds little memory, and its session's queue fills and
@@ -53,7 +49,7 @@ impl Application {
             App::new()
                 .app_data(data.clone())
                 .wrap(NormalizePath::trim())
-                .wrap(Logger::new(ACCESS_LOG_FORMAT).custom_request_replace("method", |req| req.method().to_string()))
+                .wrap(from_fn(http::request_log::trace_requests))
                 .configure(ws::configure)
                 .configure(http::configure)
         })

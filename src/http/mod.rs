@@ -10,6 +10,7 @@ mod health;
 mod idempotency;
 mod notifications;
 mod realtime;
+pub mod request_log;
 pub mod stations;
 mod users;
 

@@ -360,6 +360,11 @@ impl Actor for WsSession {
         if let Kind::Refused { code, reason } = &self.kind {
             return Self::close(ctx, CloseCode::Other(*code), &reason.clone());
         }
+        let kind = match self.kind {
+            Kind::Seed { channel } => channel.name(),
+            _ => "ws".to_owned(),
+        };
+        tracing::info!(session = self.id, endpoint = %kind, user = ?self.identity.as_ref().map(|a| a.id.0), "websocket opened");
         // The mailbox is the outbound queue: routers that find it full drop this session (1013).
         ctx.set_mailbox_capacity(self.limits.send_queue);
         ctx.run_interval(self.limits.heartbeat, |this, ctx| {
@@ -398,6 +403,7 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Ctx) {
+        tracing::info!(session = self.id, "websocket closed");
         self.state.hub.registry.do_send(Disconnect { session: self.id });
         if let (true, Some(actor)) = (self.channels.contains_key(&Channel::Notifications), &self.identity) {
             self.state.hub.directory.do_send(Leave {

@@ -316,32 +316,54 @@ pub fn kinds(events: &[Value]) -> Vec<&str> {
 pub struct ChildServer {
     pub child: std::process::Child,
     pub port: u16,
+    /// Every line the server logged.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ChildServer {
     /// Starts `swapcast serve` on `database_url` and a free loopback port; waits until it listens.
     pub fn start(database_url: &str) -> ChildServer {
+        Self::start_with(database_url, &[])
+    }
+
+    /// The same, with extra environment (which may override the defaults here).
+    pub fn start_with(database_url: &str, env: &[(&str, &str)]) -> ChildServer {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_swapcast"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_swapcast"));
+        command
             .env("DATABASE_URL", database_url)
             .env("SWAPCAST_BIND", "127.0.0.1:0")
             .env("SWAPCAST_JWT_SECRET", JWT_SECRET)
             .env("RUST_LOG", "warn,swapcast::startup=info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the binary starts");
+            .stderr(std::process::Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the binary starts");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            stderr
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|l| sink.lock().unwrap().push(l))
+        });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let port = loop {
             let line = lines.next().expect("the server logs its port").unwrap();
-            if let Some(rest) = line.split("port=").nth(1) {
-                break rest.trim().parse::<u16>().unwrap();
+            let found = port_in(&line);
+            logs.lock().unwrap().push(line);
+            if let Some(port) = found {
+                break port;
             }
         };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        ChildServer { child, port }
+        // Keep collecting the log so the server never blocks on a full pipe.
+        let sink = logs.clone();
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
+        ChildServer { child, port, logs }
     }
 
     pub fn address(&self) -> String {
@@ -362,6 +384,16 @@ impl Drop for ChildServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The port in the "swapcast is serving" log line, human (`port=N`) or JSON (`"port":N`).
+fn port_in(line: &str) -> Option<u16> {
+    let rest = line.split("port=").nth(1).or_else(|| line.split("\"port\":").nth(1))?;
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
 }
 
 /// Runs the CLI's `create-admin` on a database.

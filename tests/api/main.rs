@@ -13,6 +13,7 @@ mod errors;
 mod events;
 mod idempotency;
 mod lists;
+mod logs;
 mod notifications;
 mod resume;
 mod ws_auth;
