@@ -112,6 +112,7 @@ async fn stop_signal() {
             Ok(term) => term,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                // If SIGINT cannot be listened for either, there is no signal to wait for: stop now.
                 let _ = signal::ctrl_c().await;
                 return;
             }
@@ -120,6 +121,7 @@ async fn stop_signal() {
     }
     #[cfg(not(unix))]
     {
+        // An error here means no signal can arrive: stop now rather than never.
         let _ = signal::ctrl_c().await;
     }
 }

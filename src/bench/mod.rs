@@ -144,6 +144,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
                     me.received += 1;
                     me.last_receipt = Some(now);
                     if text.contains("\"battery_added\"") {
+                        // A poisoned lock means the trigger loop panicked; the sample is lost, not the count.
                         let sent = sent_at.lock().ok().and_then(|s| s.get(added).copied());
                         if let Some(sent) = sent {
                             me.latencies.push(now.duration_since(sent).as_micros() as u64);

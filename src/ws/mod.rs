@@ -128,6 +128,7 @@ fn greeting(seed: Option<Channel>, identity: Option<&Actor>) -> Value {
 }
 
 fn start_of(req: &HttpRequest) -> Start {
+    // A query string that does not parse carries no usable last_event_id: start fresh.
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok();
     match query.as_ref().and_then(|q| q.get("last_event_id")) {
         None => Start::Fresh,
@@ -138,10 +139,11 @@ fn start_of(req: &HttpRequest) -> Start {
 /// A cookie is sent by the browser whatever page opened the socket, so a cookie-authenticated
 /// WebSocket must come from this server's own origin or an allowed one (no cross-site hijacking).
 fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
-    let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) else {
+    let Some(origin) = req.headers().get("origin") else {
         // Not a browser: nothing could have attached the cookie behind the user's back.
         return true;
     };
+    let Ok(origin) = origin.to_str() else { return false };
     let origin = origin.trim_end_matches('/');
     let info = req.connection_info();
     let own_http = format!("http://{}", info.host());
@@ -162,4 +164,39 @@ async fn admit(state: &AppState, req: &HttpRequest) -> Result<Option<Actor>, (u1
         return Err((close::FORBIDDEN, "Cross-site WebSocket refused".into()));
     }
     Ok(Some(actor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn cookie_origins_must_be_this_server_or_allowed() {
+        let allowed = vec!["https://dash.example/".to_owned()];
+        let with = |origin: HeaderValue| {
+            TestRequest::default()
+                .insert_header(("host", "swap.example"))
+                .insert_header(("origin", origin))
+                .to_http_request()
+        };
+        assert!(origin_allowed(&TestRequest::default().to_http_request(), &allowed));
+        assert!(origin_allowed(
+            &with(HeaderValue::from_static("http://swap.example")),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            &with(HeaderValue::from_static("https://dash.example")),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &with(HeaderValue::from_static("https://evil.example")),
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            &with(HeaderValue::from_bytes(b"http://swap.example\xff").unwrap()),
+            &allowed
+        ));
+    }
 }
