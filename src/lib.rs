@@ -18,6 +18,7 @@
 //! - [`http`]     REST routes, input parsing at the edge, idempotency, health
 //! - [`sweeper`]  booking expiry and pruning in the background
 //! - [`clock`]    time as stored (unix ms) and as shown (RFC 3339)
+//! - [`metrics`]  Prometheus metrics, shared by the hub, the sessions and the request log
 //! - [`bench`]    the load generator behind `swapcast bench`
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod realtime;
 pub mod startup;
 pub mod state;

@@ -147,10 +147,7 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         actix_web::rt::task::spawn_blocking(move || log::latest_id(&mut *pool.get()?).map_err(anyhow::Error::from))
             .await??
     };
-    let hub = Hub::start(
-        last_event_id,
-        crate::realtime::metrics::node_name(settings.node_id.as_deref()),
-    );
+    let hub = Hub::start(last_event_id, crate::metrics::node_name(settings.node_id.as_deref()));
     Ok(AppState {
         pool,
         settings: Arc::new(settings),

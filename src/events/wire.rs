@@ -12,6 +12,8 @@ use crate::domain::stations::StationView;
 #[derive(Clone, Debug)]
 pub struct Rendered {
     pub event_id: i64,
+    /// Unix milliseconds of the commit.
+    pub at: i64,
     pub audience: Audience,
     /// What every entitled connection receives.
     pub public: ByteString,
@@ -49,6 +51,7 @@ pub fn render(event: &Event) -> Rendered {
     }
     Rendered {
         event_id: event.id.0,
+        at: event.at,
         audience: event.audience,
         public: text(&Value::Object(object)),
         private,

@@ -1,6 +1,7 @@
 //! One log line per HTTP request, inside a span that carries a request id, so every log line a
 //! request causes (database work included) can be traced back to it. The id is returned as
-//! `X-Request-Id`. Only the path is logged, never the query string: it may carry a token.
+//! `X-Request-Id`. Only the path is logged, never the query string: it may carry a token. Each
+//! request is also counted by route pattern and status.
 
 use std::time::Instant;
 
@@ -8,8 +9,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web;
 use rand::RngCore;
 use tracing::Instrument;
+
+use crate::state::AppState;
 
 pub async fn trace_requests(
     req: ServiceRequest,
@@ -23,6 +27,18 @@ pub async fn trace_requests(
         response
             .headers_mut()
             .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        state
+            .hub
+            .metrics
+            .http_requests
+            .with_label_values(&[route.as_str(), response.status().as_str()])
+            .inc();
     }
     span.in_scope(|| {
         tracing::info!(

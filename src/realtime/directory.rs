@@ -7,10 +7,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::messages::*;
-use super::metrics::HubCounters;
 use super::notifier::Notifier;
 use crate::domain::ids::UserId;
 use crate::events::Audience;
+use crate::metrics::Metrics;
 
 struct Entry {
     notifier: Addr<Notifier>,
@@ -19,14 +19,14 @@ struct Entry {
 
 pub struct NotifierDirectory {
     users: HashMap<UserId, Entry>,
-    counters: Arc<HubCounters>,
+    metrics: Arc<Metrics>,
 }
 
 impl NotifierDirectory {
-    pub fn new(counters: Arc<HubCounters>) -> NotifierDirectory {
+    pub fn new(metrics: Arc<Metrics>) -> NotifierDirectory {
         NotifierDirectory {
             users: HashMap::new(),
-            counters,
+            metrics,
         }
     }
 }
@@ -43,13 +43,13 @@ impl Handler<Join> for NotifierDirectory {
         if !msg.to.connected() {
             return;
         }
-        let counters = self.counters.clone();
+        let metrics = self.metrics.clone();
         let entry = self.users.entry(msg.user).or_insert_with(|| Entry {
-            notifier: Notifier::new(counters).start(),
+            notifier: Notifier::new(metrics).start(),
             sessions: 0,
         });
         entry.sessions += 1;
-        self.counters.notification_joined(1);
+        self.metrics.notification_joined(1);
         entry.notifier.do_send(msg);
     }
 }
@@ -63,7 +63,7 @@ impl Handler<Leave> for NotifierDirectory {
         };
         let notifier = entry.notifier.clone();
         entry.sessions = entry.sessions.saturating_sub(1);
-        self.counters.notification_joined(-1);
+        self.metrics.notification_joined(-1);
         if entry.sessions == 0 {
             self.users.remove(&msg.user);
             notifier.do_send(msg);

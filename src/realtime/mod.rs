@@ -5,12 +5,10 @@
 //! - [`directory`] starts and stops one [`notifier::Notifier`] per connected user
 //! - [`notifier`]  a user's sessions
 //! - [`outbox`]    the never-wait rule for handing a message to a session
-//! - [`metrics`]   the hub's counters (for the `system` channel and stats)
 //! - [`messages`]  every message they exchange
 
 pub mod directory;
 pub mod messages;
-pub mod metrics;
 pub mod notifier;
 pub mod outbox;
 pub mod publisher;
@@ -23,9 +21,9 @@ use actix::prelude::*;
 
 use crate::domain::ids::UserId;
 use crate::events::Event;
+use crate::metrics::Metrics;
 use directory::NotifierDirectory;
 use messages::{Committed, SessionId, UserChanged};
-use metrics::HubCounters;
 use publisher::Publisher;
 use registry::StationRegistry;
 
@@ -35,7 +33,7 @@ pub struct Hub {
     pub publisher: Addr<Publisher>,
     pub registry: Addr<StationRegistry>,
     pub directory: Addr<NotifierDirectory>,
-    pub counters: Arc<HubCounters>,
+    pub metrics: Arc<Metrics>,
     /// This node's name, in metrics and stats.
     pub node: Arc<str>,
 }
@@ -43,16 +41,16 @@ pub struct Hub {
 impl Hub {
     /// Starts the actors on the current arbiter. `last_event_id` is the newest committed event.
     pub fn start(last_event_id: i64, node: String) -> Hub {
-        let counters = Arc::new(HubCounters::default());
+        let metrics = Arc::new(Metrics::default());
         let node: Arc<str> = node.into();
-        let registry = StationRegistry::new(counters.clone(), node.clone()).start();
-        let directory = NotifierDirectory::new(counters.clone()).start();
-        let publisher = Publisher::new(last_event_id, registry.clone(), directory.clone(), counters.clone()).start();
+        let registry = StationRegistry::new(metrics.clone(), node.clone()).start();
+        let directory = NotifierDirectory::new(metrics.clone()).start();
+        let publisher = Publisher::new(last_event_id, registry.clone(), directory.clone(), metrics.clone()).start();
         Hub {
             publisher,
             registry,
             directory,
-            counters,
+            metrics,
             node,
         }
     }

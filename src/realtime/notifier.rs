@@ -8,21 +8,21 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::messages::*;
-use super::metrics::HubCounters;
 use super::outbox::{deliver, Delivery};
 use crate::events::wire;
+use crate::metrics::Metrics;
 
 pub struct Notifier {
     /// Each session, and whether it wants messages tagged with their channel.
     sessions: HashMap<SessionId, (Recipient<ToSession>, bool)>,
-    counters: Arc<HubCounters>,
+    metrics: Arc<Metrics>,
 }
 
 impl Notifier {
-    pub fn new(counters: Arc<HubCounters>) -> Notifier {
+    pub fn new(metrics: Arc<Metrics>) -> Notifier {
         Notifier {
             sessions: HashMap::new(),
-            counters,
+            metrics,
         }
     }
 }
@@ -52,7 +52,7 @@ impl Handler<Publish> for Notifier {
 
     fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) {
         let channel = Channel::Notifications;
-        let counters = &self.counters;
+        let metrics = &self.metrics;
         // Made on first need, once per event, shared by every tagged session.
         let mut tagged_form: Option<ByteString> = None;
         self.sessions.retain(|_, (to, tagged)| {
@@ -72,10 +72,13 @@ impl Handler<Publish> for Notifier {
                 },
             ) == Delivery::Queued;
             if queued {
-                counters.count_delivery();
+                metrics.count_delivery();
             }
             queued
         });
+        self.metrics
+            .deliver_latency
+            .observe(crate::clock::now_ms().saturating_sub(event.at) as f64 / 1000.0);
     }
 }
 

@@ -11,10 +11,10 @@ use actix::prelude::*;
 
 use super::directory::NotifierDirectory;
 use super::messages::*;
-use super::metrics::HubCounters;
 use super::registry::StationRegistry;
 use crate::events::wire::render;
 use crate::events::{Audience, Event};
+use crate::metrics::Metrics;
 
 /// How long a gap in the id sequence is waited for before the publisher moves past it. Every
 /// commit in this process reports its events right after committing, so a gap closes within
@@ -29,7 +29,7 @@ pub struct Publisher {
     gap_since: Option<Instant>,
     registry: Addr<StationRegistry>,
     directory: Addr<NotifierDirectory>,
-    counters: Arc<HubCounters>,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
@@ -38,7 +38,7 @@ impl Publisher {
         last_event_id: i64,
         registry: Addr<StationRegistry>,
         directory: Addr<NotifierDirectory>,
-        counters: Arc<HubCounters>,
+        metrics: Arc<Metrics>,
     ) -> Publisher {
         Publisher {
             next: last_event_id + 1,
@@ -46,12 +46,12 @@ impl Publisher {
             gap_since: None,
             registry,
             directory,
-            counters,
+            metrics,
         }
     }
 
     fn route(&mut self, event: Event) {
-        self.counters.count_event();
+        self.metrics.count_event();
         let rendered = Publish(Arc::new(render(&event)));
         match event.audience {
             Audience::Station(_) => self.registry.do_send(rendered),

@@ -11,12 +11,12 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::messages::*;
-use super::metrics::HubCounters;
 use super::outbox::{deliver, Delivery};
 use crate::clock::{iso, now_ms};
 use crate::domain::ids::{StationId, UserId};
 use crate::events::wire::tagged;
 use crate::events::Audience;
+use crate::metrics::Metrics;
 use serde_json::json;
 
 struct Connection {
@@ -35,7 +35,7 @@ pub struct StationRegistry {
     /// Channel → who watches it. Indexed by channel so an event costs its own audience, not every
     /// connection.
     watchers: HashMap<Channel, HashMap<SessionId, Watch>>,
-    counters: Arc<HubCounters>,
+    metrics: Arc<Metrics>,
     node: Arc<str>,
     /// The counters at the previous `system_metrics` sample, for rates.
     last_sample: (Instant, u64, u64),
@@ -45,24 +45,24 @@ pub struct StationRegistry {
 pub const SYSTEM_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl StationRegistry {
-    pub fn new(counters: Arc<HubCounters>, node: Arc<str>) -> StationRegistry {
+    pub fn new(metrics: Arc<Metrics>, node: Arc<str>) -> StationRegistry {
         StationRegistry {
             connections: HashMap::new(),
             watchers: HashMap::new(),
             last_sample: (Instant::now(), 0, 0),
-            counters,
+            metrics,
             node,
         }
     }
 
     fn subscriptions(&self) -> usize {
-        let (_, _, notifications) = self.counters.snapshot();
+        let (_, _, notifications) = self.metrics.snapshot();
         self.watchers.values().map(HashMap::len).sum::<usize>() + notifications as usize
     }
 
     /// Sends a `system_metrics` sample to the `system` channel's watchers.
     fn sample(&mut self) {
-        let (events, deliveries, _) = self.counters.snapshot();
+        let (events, deliveries, _) = self.metrics.snapshot();
         let (then, events_then, deliveries_then) = self.last_sample;
         let secs = then.elapsed().as_secs_f64().max(0.001);
         self.last_sample = (Instant::now(), events, deliveries);
@@ -139,7 +139,7 @@ impl StationRegistry {
                     text,
                 },
             ) {
-                Delivery::Queued => self.counters.count_delivery(),
+                Delivery::Queued => self.metrics.count_delivery(),
                 Delivery::Drop => dropped.push(*session),
             }
         }
@@ -229,6 +229,9 @@ impl Handler<Publish> for StationRegistry {
                 (event.event_id, text.clone())
             });
         }
+        self.metrics
+            .deliver_latency
+            .observe(now_ms().saturating_sub(event.at) as f64 / 1000.0);
     }
 }
 

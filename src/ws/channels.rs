@@ -198,6 +198,7 @@ async fn catch_up(
         _ => false,
     };
     if let (Start::Resume(mut after), true, Some(feed)) = (start, resumable, feed) {
+        state.hub.metrics.resume_replays.inc();
         loop {
             let chunk = state
                 .read(move |conn| log::after_in(conn, feed, after, REPLAY_CHUNK))

@@ -106,6 +106,30 @@ impl WsSession {
         }
     }
 
+    /// The endpoint, as a metrics label (never a station id: labels must stay few).
+    fn endpoint(&self) -> &'static str {
+        match self.kind {
+            Kind::Seed {
+                channel: Channel::Stations,
+            } => "stations",
+            Kind::Seed {
+                channel: Channel::Station(_),
+            } => "station",
+            Kind::Seed { .. } => "notifications",
+            Kind::Multiplexed | Kind::Refused { .. } => "ws",
+        }
+    }
+
+    /// Closes a session whose outbound queue overflowed; the client resumes with `last_event_id`.
+    fn overflowed(&self, ctx: &mut Ctx) {
+        self.state.hub.metrics.slow_consumer_closes.inc();
+        Self::close(
+            ctx,
+            CloseCode::Other(close::TRY_AGAIN_LATER),
+            "Send queue overflow; resume with last_event_id",
+        );
+    }
+
     fn tagged(&self) -> bool {
         matches!(self.kind, Kind::Multiplexed)
     }
@@ -177,6 +201,7 @@ impl WsSession {
         match self.limiter.hit(Instant::now()) {
             Verdict::Allow => {}
             Verdict::Limit { tell } => {
+                self.state.hub.metrics.rate_limited.inc();
                 if tell {
                     Self::reply(
                         ctx,
@@ -360,11 +385,14 @@ impl Actor for WsSession {
         if let Kind::Refused { code, reason } = &self.kind {
             return Self::close(ctx, CloseCode::Other(*code), &reason.clone());
         }
-        let kind = match self.kind {
-            Kind::Seed { channel } => channel.name(),
-            _ => "ws".to_owned(),
-        };
-        tracing::info!(session = self.id, endpoint = %kind, user = ?self.identity.as_ref().map(|a| a.id.0), "websocket opened");
+        let endpoint = self.endpoint();
+        self.state
+            .hub
+            .metrics
+            .ws_connections
+            .with_label_values(&[endpoint])
+            .inc();
+        tracing::info!(session = self.id, endpoint, user = ?self.identity.as_ref().map(|a| a.id.0), "websocket opened");
         // The mailbox is the outbound queue: routers that find it full drop this session (1013).
         ctx.set_mailbox_capacity(self.limits.send_queue);
         ctx.run_interval(self.limits.heartbeat, |this, ctx| {
@@ -404,6 +432,14 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _: &mut Ctx) {
         tracing::info!(session = self.id, "websocket closed");
+        if !matches!(self.kind, Kind::Refused { .. }) {
+            self.state
+                .hub
+                .metrics
+                .ws_connections
+                .with_label_values(&[self.endpoint()])
+                .dec();
+        }
         self.state.hub.registry.do_send(Disconnect { session: self.id });
         if let (true, Some(actor)) = (self.channels.contains_key(&Channel::Notifications), &self.identity) {
             self.state.hub.directory.do_send(Leave {
@@ -428,14 +464,19 @@ impl Handler<ToSession> for WsSession {
                 let Some(state) = self.channels.get_mut(&channel) else {
                     return;
                 };
-                match &mut state.held {
-                    Some(held) if held.len() >= cap => Self::close(
-                        ctx,
-                        CloseCode::Other(close::TRY_AGAIN_LATER),
-                        "Send queue overflow; resume with last_event_id",
-                    ),
-                    Some(held) => held.push((event_id, text)),
-                    None => Self::send_event(state, event_id, &text, ctx),
+                let overflow = match &mut state.held {
+                    Some(held) if held.len() >= cap => true,
+                    Some(held) => {
+                        held.push((event_id, text));
+                        false
+                    }
+                    None => {
+                        Self::send_event(state, event_id, &text, ctx);
+                        false
+                    }
+                };
+                if overflow {
+                    self.overflowed(ctx);
                 }
             }
             ToSession::Catchup { channel, items } => {
@@ -497,11 +538,7 @@ impl Handler<ToSession> for WsSession {
                     ctx.text(text);
                 }
             }
-            ToSession::Overflowed => Self::close(
-                ctx,
-                CloseCode::Other(close::TRY_AGAIN_LATER),
-                "Send queue overflow; resume with last_event_id",
-            ),
+            ToSession::Overflowed => self.overflowed(ctx),
             ToSession::ShutDown => Self::close(ctx, CloseCode::Away, "Server shutting down"),
         }
     }

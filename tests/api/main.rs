@@ -14,6 +14,7 @@ mod events;
 mod idempotency;
 mod lists;
 mod logs;
+mod metrics;
 mod notifications;
 mod resume;
 mod ws_auth;
