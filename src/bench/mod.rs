@@ -26,6 +26,25 @@ use stats::{ms, rate, summarize};
 pub enum Workload {
     /// N subscribers of one station; K battery additions through the REST API as an admin.
     Fanout(FanoutArgs),
+    /// C idle connections held open; the server's memory per connection.
+    Idle(IdleArgs),
+    /// Connect, read the first message, close — at a concurrency; handshakes per second.
+    Churn(ChurnArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IdleArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ChurnArgs {
+    /// Handshakes in all.
+    #[arg(long, default_value_t = 20_000)]
+    pub handshakes: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
 }
 
 #[derive(Args, Debug)]
@@ -54,6 +73,8 @@ pub fn run(workload: Workload) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match workload {
         Workload::Fanout(args) => runtime.block_on(fanout(args)),
+        Workload::Idle(args) => runtime.block_on(idle(args)),
+        Workload::Churn(args) => runtime.block_on(churn(args)),
     }
 }
 
@@ -77,6 +98,104 @@ async fn login(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
         .as_str()
         .map(str::to_owned)
         .context("no access token")
+}
+
+/// The resident memory of a process in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    if args.connections == 0 || args.connections > MAX_SUBSCRIBERS {
+        bail!("connections must be 1..={MAX_SUBSCRIBERS}");
+    }
+    let server = BenchServer::start(&[])?;
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let http = reqwest::Client::new();
+    let token = login(&http, &base).await?;
+    let station: Value = http
+        .post(format!("{base}/api/stations"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "Idle Station"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let station = station["id"].as_i64().context("station id")?;
+    // Warm the server up with a few connections so the baseline includes its steady state.
+    let mut warm = Vec::new();
+    for i in 0..CONNECT_CONCURRENCY {
+        warm.push(subscribe(server.port, station, i).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(server.pid())?;
+    let mut held = Vec::with_capacity(args.connections);
+    let mut pending = futures_util::stream::iter((0..args.connections).map(|i| subscribe(server.port, station, i)))
+        .buffer_unordered(CONNECT_CONCURRENCY);
+    while let Some(socket) = pending.next().await {
+        held.push(socket?);
+    }
+    drop(pending);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(server.pid())?;
+    let per = (after.saturating_sub(before)) as f64 / args.connections as f64;
+    println!("idle: {} connections held (plus {} warm-up)", held.len(), warm.len());
+    println!("  server RSS     {before} KiB before, {after} KiB after");
+    println!("  per connection {per:.2} KiB");
+    Ok(())
+}
+
+async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
+    if args.handshakes == 0 || args.handshakes > 1_000_000 || args.concurrency == 0 || args.concurrency > 1024 {
+        bail!("handshakes must be 1..=1000000 and concurrency 1..=1024");
+    }
+    let server = BenchServer::start(&[])?;
+    let port = server.port;
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(args.handshakes);
+    let mut failed = 0usize;
+    let mut attempts = futures_util::stream::iter((0..args.handshakes).map(|i| async move {
+        let began = Instant::now();
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8);
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+        let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws/stations/"), stream).await?;
+        ws.next().await.context("closed before the greeting")??;
+        let elapsed = began.elapsed();
+        // The measurement is the handshake; how the close goes does not change it.
+        let _ = ws.close(None).await;
+        Ok::<_, anyhow::Error>(elapsed)
+    }))
+    .buffer_unordered(args.concurrency);
+    while let Some(result) = attempts.next().await {
+        match result {
+            Ok(elapsed) => latencies.push(elapsed.as_micros() as u64),
+            Err(_) => failed += 1,
+        }
+    }
+    let span = started.elapsed();
+    let summary = summarize(latencies);
+    println!(
+        "churn: {} handshakes at concurrency {}",
+        args.handshakes, args.concurrency
+    );
+    println!("  succeeded      {} ({failed} failed)", summary.count);
+    println!("  handshakes/s   {:.0}", rate(summary.count, span));
+    println!(
+        "  latency (ms)   p50 {:.1}  p99 {:.1}  max {:.1}",
+        ms(summary.p50),
+        ms(summary.p99),
+        ms(summary.max)
+    );
+    Ok(())
 }
 
 /// Opens one subscriber from the `i`-th loopback source address and reads its greeting and snapshot.
