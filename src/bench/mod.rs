@@ -85,19 +85,47 @@ struct Subscriber {
     last_receipt: Option<Instant>,
 }
 
-async fn login(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let body: Value = http
-        .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    body["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no access token")
+/// The bench's admin, signed in, and the station the workload uses.
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    station: i64,
+}
+
+impl Admin {
+    async fn with_station(server: &BenchServer, name: &str) -> anyhow::Result<Admin> {
+        let base = format!("http://127.0.0.1:{}", server.port);
+        let http = reqwest::Client::new();
+        let session: Value = http
+            .post(format!("{base}/api/auth/login"))
+            .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let token = session["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access token")?;
+        let station: Value = http
+            .post(format!("{base}/api/stations"))
+            .bearer_auth(&token)
+            .json(&json!({"name": name}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let station = station["id"].as_i64().context("station id")?;
+        Ok(Admin {
+            http,
+            base,
+            token,
+            station,
+        })
+    }
 }
 
 /// The resident memory of a process in KiB, from `/proc/<pid>/status`.
@@ -115,19 +143,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         bail!("connections must be 1..={MAX_SUBSCRIBERS}");
     }
     let server = BenchServer::start(&[])?;
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::new();
-    let token = login(&http, &base).await?;
-    let station: Value = http
-        .post(format!("{base}/api/stations"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "Idle Station"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let station = station["id"].as_i64().context("station id")?;
+    let Admin { station, .. } = Admin::with_station(&server, "Idle Station").await?;
     // Warm the server up with a few connections so the baseline includes its steady state.
     let mut warm = Vec::new();
     for i in 0..CONNECT_CONCURRENCY {
@@ -221,19 +237,12 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         bail!("subscribers must be 1..={MAX_SUBSCRIBERS} and events 1..={MAX_EVENTS}");
     }
     let server = BenchServer::start(&[("SWAPCAST_RATE_LIMIT", "1000".into())])?;
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::new();
-    let token = login(&http, &base).await?;
-    let station: Value = http
-        .post(format!("{base}/api/stations"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "Bench Station"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let station = station["id"].as_i64().context("station id")?;
+    let Admin {
+        http,
+        base,
+        token,
+        station,
+    } = Admin::with_station(&server, "Bench Station").await?;
 
     let mut sockets = Vec::with_capacity(args.subscribers);
     let mut pending = futures_util::stream::iter((0..args.subscribers).map(|i| subscribe(server.port, station, i)))

@@ -160,13 +160,13 @@ impl From<Event> for EventRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn bodies_serialize_with_seed_field_names() {
-        let body = EventBody::BatteryBooked {
+    /// seed 001's `battery_booked` example, for tests here and in `wire`.
+    pub(crate) fn booked_body() -> EventBody {
+        EventBody::BatteryBooked {
             station_id: StationId(1),
             station_name: "Downtown Station".into(),
             battery_id: BatteryId(5),
@@ -176,7 +176,12 @@ mod tests {
                 total_batteries: 18,
             },
             user: "user@example.com".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn bodies_serialize_with_seed_field_names() {
+        let body = booked_body();
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
             json!({"type": "battery_booked", "station_id": 1, "station_name": "Downtown Station",

@@ -90,25 +90,14 @@ pub fn text(value: &Value) -> ByteString {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ids::{BatteryId, EventId, StationId, UserId};
-    use crate::events::Inventory;
+    use crate::domain::ids::{EventId, StationId, UserId};
 
     fn booked() -> Event {
         Event {
             id: EventId(7),
             at: 1_709_029_800_000,
             audience: Audience::Station(StationId(1)),
-            body: EventBody::BatteryBooked {
-                station_id: StationId(1),
-                station_name: "Downtown Station".into(),
-                battery_id: BatteryId(5),
-                inventory: Inventory {
-                    available_batteries: 14,
-                    booked_batteries: 4,
-                    total_batteries: 18,
-                },
-                user: "user@example.com".into(),
-            },
+            body: crate::events::tests::booked_body(),
         }
     }
 

@@ -154,20 +154,7 @@ async fn tokens_come_from_header_query_or_cookie() {
         .unwrap();
     TestApp::reply(by_query).await.expect(200);
 
-    let login = app
-        .client
-        .post(app.url("/api/auth/login?cookie=true"))
-        .json(&json!({"email": app.admin.email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    let cookie = login
-        .headers()
-        .get("set-cookie")
-        .expect("a session cookie")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let cookie = app.admin_cookie().await;
     assert!(cookie.starts_with("swapcast_token="), "{cookie}");
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");

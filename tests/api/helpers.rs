@@ -235,6 +235,24 @@ impl TestApp {
         }
     }
 
+    /// Signs the admin in with `?cookie=true`; returns the whole `Set-Cookie` header.
+    pub async fn admin_cookie(&self) -> String {
+        let login = self
+            .client
+            .post(self.url("/api/auth/login?cookie=true"))
+            .json(&json!({"email": self.admin.email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        login
+            .headers()
+            .get("set-cookie")
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// A new signed-in user with the given role (`user`, `operator`, `admin`).
     pub async fn user(&self, role: &str) -> TestUser {
         let email = format!(

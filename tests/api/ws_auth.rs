@@ -4,7 +4,7 @@
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with, JWT_SECRET, PASSWORD};
+use crate::helpers::{spawn_app, spawn_app_with, JWT_SECRET};
 use crate::wsclient::Client;
 
 /// A path, its request headers, and the close code it must get.
@@ -100,20 +100,7 @@ async fn deactivated_users_are_refused_with_4003() {
 #[actix_web::test]
 async fn cookies_work_from_the_own_origin_only() {
     let app = spawn_app_with(|s| s.allowed_origins = vec!["https://dashboard.example".into()]).await;
-    let login = app
-        .client
-        .post(app.url("/api/auth/login?cookie=true"))
-        .json(&json!({"email": app.admin.email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = app.admin_cookie().await.split(';').next().unwrap().to_owned();
     let own_origin = app.address.clone();
 
     let mut same_site = Client::connect_with(
