@@ -9,6 +9,10 @@ pub struct Metrics {
     registry: Registry,
     /// Events routed to the hub.
     pub events_published: IntCounter,
+    /// Events the hub read from the log because no report of them arrived in time.
+    pub events_from_log: IntCounter,
+    /// Events not sent to other nodes because the backplane was down (they read them from the log).
+    pub backplane_dropped: IntCounter,
     /// Messages queued to sessions (one per event per recipient).
     pub deliveries: IntCounter,
     /// Open WebSocket connections, by endpoint (`stations`, `station`, `notifications`, `ws`).
@@ -52,6 +56,14 @@ impl Metrics {
         let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help).expect("valid name"));
         Metrics {
             events_published: counter("swapcast_events_published_total", "Events routed to the hub"),
+            events_from_log: counter(
+                "swapcast_events_from_log_total",
+                "Events read from the log because no report of them arrived in time",
+            ),
+            backplane_dropped: counter(
+                "swapcast_backplane_dropped_total",
+                "Events not sent to other nodes while the backplane was down",
+            ),
             deliveries: counter(
                 "swapcast_messages_delivered_total",
                 "Messages queued to WebSocket sessions",

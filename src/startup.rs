@@ -131,6 +131,9 @@ async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B
     futures_util::future::select(Box::pin(a), Box::pin(b)).await;
 }
 
+/// The `settings` row naming the cluster: nodes sharing a database share it.
+const CLUSTER_SETTING: &str = "cluster_id";
+
 async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
     let pool = open_database(&settings).await?;
     let secret = match &settings.jwt_secret {
@@ -147,7 +150,23 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         actix_web::rt::task::spawn_blocking(move || log::latest_id(&mut *pool.get()?).map_err(anyhow::Error::from))
             .await??
     };
-    let hub = Hub::start(last_event_id, crate::metrics::node_name(settings.node_id.as_deref()));
+    let mut hub = Hub::start(
+        pool.clone(),
+        last_event_id,
+        crate::metrics::node_name(settings.node_id.as_deref()),
+    );
+    if let Some(url) = &settings.nats_url {
+        let pool = pool.clone();
+        let cluster = actix_web::rt::task::spawn_blocking(move || {
+            db::stored_setting(&mut *pool.get()?, CLUSTER_SETTING, || {
+                tokens::random_secret()[..12].to_owned()
+            })
+            .map_err(anyhow::Error::from)
+        })
+        .await??;
+        hub.join_cluster(url, &cluster).await?;
+        tracing::info!(node = &*hub.node, cluster, "joined the cluster");
+    }
     Ok(AppState {
         pool,
         settings: Arc::new(settings),

@@ -1,14 +1,12 @@
 //! Access tokens (HS256 JWTs, algorithm pinned on verify, `exp` enforced with no leeway) and
 //! refresh tokens (random, stored only as SHA-256 digests).
 
-use diesel::prelude::*;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::db::schema::settings;
 use crate::db::DbConn;
 use crate::domain::ids::UserId;
 use crate::domain::values::Role;
@@ -93,28 +91,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The signing secret kept in the database, created on first start. Two nodes starting together
-/// both try to insert; the loser reads the winner's.
+/// The signing secret kept in the database, created on first start.
 pub fn stored_secret(conn: &mut DbConn) -> Result<String> {
-    let existing = settings::table
-        .find(SECRET_SETTING)
-        .select(settings::value)
-        .first::<String>(conn)
-        .optional()?;
-    if let Some(secret) = existing {
-        return Ok(secret);
-    }
-    let fresh = random_secret();
-    let inserted = diesel::insert_into(settings::table)
-        .values((settings::name.eq(SECRET_SETTING), settings::value.eq(&fresh)))
-        .execute(conn);
-    match inserted {
-        Ok(_) => Ok(fresh),
-        Err(_) => Ok(settings::table
-            .find(SECRET_SETTING)
-            .select(settings::value)
-            .first(conn)?),
-    }
+    crate::db::stored_setting(conn, SECRET_SETTING, random_secret)
 }
 
 #[cfg(test)]

@@ -207,6 +207,29 @@ pub fn on_unique_violation(code: &'static str, message: &'static str) -> impl Fn
     }
 }
 
+/// A value kept in the `settings` table, created by `fresh` on first use. Two nodes starting
+/// together both try to insert; the loser reads the winner's.
+pub fn stored_setting(conn: &mut DbConn, name: &str, fresh: impl FnOnce() -> String) -> Result<String> {
+    use diesel::prelude::*;
+    use schema::settings;
+    let existing = settings::table
+        .find(name)
+        .select(settings::value)
+        .first::<String>(conn)
+        .optional()?;
+    if let Some(value) = existing {
+        return Ok(value);
+    }
+    let fresh = fresh();
+    let inserted = diesel::insert_into(settings::table)
+        .values((settings::name.eq(name), settings::value.eq(&fresh)))
+        .execute(conn);
+    match inserted {
+        Ok(_) => Ok(fresh),
+        Err(_) => Ok(settings::table.find(name).select(settings::value).first(conn)?),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
-//! The event log: appended inside the transaction of the change it describes, read by audits and
-//! (later) by resuming clients.
+//! The event log: appended inside the transaction of the change it describes, read by audits, by resuming
+//! clients, and by a hub that missed an event (a lost report, or another node's commit).
 //!
 //! Ids come from the single `event_counter` row, bumped inside the writing transaction. The row
 //! lock it takes serializes event-producing commits, so ids become visible in increasing order: a
@@ -57,6 +57,18 @@ pub fn after(conn: &mut DbConn, after: i64, limit: i64) -> Result<Vec<Event>> {
         .filter(events::id.gt(after))
         .order(events::id.asc())
         .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(decode)
+        .collect()
+}
+
+/// The events with `from <= id <= to`, oldest first: what a node missed, fetched by id.
+pub fn range(conn: &mut DbConn, from: i64, to: i64) -> Result<Vec<Event>> {
+    events::table
+        .filter(events::id.between(from, to))
+        .order(events::id.asc())
         .select(EventRow::as_select())
         .load(conn)?
         .into_iter()

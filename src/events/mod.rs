@@ -13,7 +13,8 @@ use crate::domain::ids::{BatteryId, BookingId, EventId, StationId, UserId};
 use crate::domain::values::{BatteryStatus, Level, StationStatus};
 
 /// Who an event is for: a station's subscribers, or one user's own connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Audience {
     Station(StationId),
     User(UserId),
@@ -120,8 +121,8 @@ impl EventBody {
     }
 }
 
-/// A committed event, as read back from the log.
-#[derive(Clone, Debug, PartialEq)]
+/// A committed event, as read back from the log (and as nodes send it to each other).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: EventId,
     /// Unix milliseconds of the commit.

@@ -13,10 +13,22 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// The process can do its work: the database answers (503 otherwise).
+/// The process can do its work: the database answers (503 otherwise). The backplane is reported
+/// but does not decide: while it is down this node still serves everything, other nodes' events
+/// reaching it from the log a little later (README, "Running several nodes").
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse> {
     state.read(|conn| Ok(conn.batch_execute("SELECT 1")?)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })))
+    let backplane = match &state.hub.backplane {
+        None => "off",
+        Some(backplane) if backplane.connected() => "ok",
+        Some(_) => "down",
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "status": if backplane == "down" { "degraded" } else { "ready" },
+        "database": "ok",
+        "backplane": backplane,
+        "node": &*state.hub.node,
+    })))
 }
 
 /// Prometheus metrics in the text format; the pool and subscription gauges are read now.

@@ -167,6 +167,20 @@ pub struct Leave {
 #[rtype(result = "()")]
 pub struct Committed(pub Vec<Event>);
 
+/// Every signed-in connection re-checks its rights: after a backplane outage, during which
+/// another node's changes to users could not be heard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecheckAll;
+
+/// The backplane connected (`up`) or lost its connection: the publisher polls the log faster
+/// while it is down, and reads everything it missed when it is back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BackplaneState {
+    pub up: bool,
+}
+
 /// One event, rendered, on its way to the registry or a notifier.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -205,7 +219,7 @@ pub struct Counts {
 #[rtype(result = "RegistryStats")]
 pub struct StatsQuery;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RegistryStats {
     pub connections: usize,
     pub subscriptions: usize,

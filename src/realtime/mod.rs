@@ -1,5 +1,6 @@
 //! The realtime side: actors that route committed events to WebSocket sessions.
 //!
+//! - [`backplane`] carries events between the nodes of a cluster (NATS)
 //! - [`publisher`] orders committed events by id and renders each once per audience
 //! - [`registry`]  the `StationRegistry`: station → watching sessions
 //! - [`directory`] starts and stops one [`notifier::Notifier`] per connected user
@@ -7,6 +8,7 @@
 //! - [`outbox`]    the never-wait rule for handing a message to a session
 //! - [`messages`]  every message they exchange
 
+pub mod backplane;
 pub mod directory;
 pub mod messages;
 pub mod notifier;
@@ -19,9 +21,11 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::db::Pool;
 use crate::domain::ids::UserId;
 use crate::events::Event;
 use crate::metrics::Metrics;
+use backplane::Backplane;
 use directory::NotifierDirectory;
 use messages::{Committed, SessionId, UserChanged};
 use publisher::Publisher;
@@ -36,37 +40,66 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// This node's name, in metrics and stats.
     pub node: Arc<str>,
+    /// The other nodes, when there are any (`SWAPCAST_NATS_URL`).
+    pub backplane: Option<Backplane>,
 }
 
 impl Hub {
     /// Starts the actors on the current arbiter. `last_event_id` is the newest committed event.
-    pub fn start(last_event_id: i64, node: String) -> Hub {
+    pub fn start(pool: Pool, last_event_id: i64, node: String) -> Hub {
         let metrics = Arc::new(Metrics::default());
         let node: Arc<str> = node.into();
         let registry = StationRegistry::new(metrics.clone(), node.clone()).start();
         let directory = NotifierDirectory::new(metrics.clone()).start();
-        let publisher = Publisher::new(last_event_id, registry.clone(), directory.clone(), metrics.clone()).start();
+        let publisher = Publisher::new(
+            last_event_id,
+            pool,
+            registry.clone(),
+            directory.clone(),
+            metrics.clone(),
+        )
+        .start();
         Hub {
             publisher,
             registry,
             directory,
             metrics,
             node,
+            backplane: None,
         }
+    }
+
+    /// Joins the cluster of the nodes that share this database over NATS at `url`.
+    pub async fn join_cluster(&mut self, url: &str, cluster: &str) -> anyhow::Result<()> {
+        let local = backplane::Local {
+            node: self.node.clone(),
+            publisher: self.publisher.clone(),
+            registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.backplane = Some(Backplane::start(url, cluster, local).await?);
+        Ok(())
     }
 
     /// The model hook: called right after a transaction committed, from the thread that committed
     /// it, so every committed event is reported even if the request that made it was abandoned.
     pub fn publish(&self, events: Vec<Event>) {
-        if !events.is_empty() {
-            self.publisher.do_send(Committed(events));
+        if events.is_empty() {
+            return;
         }
+        if let Some(backplane) = &self.backplane {
+            backplane.publish(events.clone());
+        }
+        self.publisher.do_send(Committed(events));
     }
 
     /// An admin changed a user (role, activity): their live connections re-check what they may
     /// watch. Called right after the change committed.
     pub fn user_changed(&self, user: UserId) {
         self.registry.do_send(UserChanged { user });
+        if let Some(backplane) = &self.backplane {
+            backplane.user_changed(user);
+        }
     }
 
     pub fn next_session_id() -> SessionId {

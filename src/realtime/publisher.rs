@@ -1,7 +1,14 @@
-//! The publisher: where committed events enter the realtime side. Transactions commit in event-id
-//! order, but the threads that committed them report back in any order; the publisher puts them
-//! back in order, renders each event once per audience, and routes it to the registry (station
-//! events) or the notifier directory (personal events).
+//! The publisher: where committed events enter the realtime side. Events arrive out of order —
+//! the threads that committed them report back in any order, and other nodes' events come over
+//! the backplane — so the publisher puts them back in event-id order, renders each once per
+//! audience, and routes it to the registry (station events) or the notifier directory (personal
+//! events).
+//!
+//! Completeness comes from the event log, not from the messengers. Ids are contiguous in commit
+//! order (see [`crate::events::log`]), so a hole in the sequence is an event that certainly
+//! committed; after [`GAP_WAIT`] it is read from the log. And an event that nobody reported at
+//! all (the backplane is down, or dropped the last message) is found by polling: whatever was
+//! already committed one poll ago and is still not routed is read from the log.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,21 +19,38 @@ use actix::prelude::*;
 use super::directory::NotifierDirectory;
 use super::messages::*;
 use super::registry::StationRegistry;
+use crate::db::{self, Pool};
 use crate::events::wire::render;
-use crate::events::{Audience, Event};
+use crate::events::{log, Audience, Event};
 use crate::metrics::Metrics;
 
-/// How long a gap in the id sequence is waited for before the publisher moves past it. Every
-/// commit in this process reports its events right after committing, so a gap closes within
-/// microseconds; one that does not belongs to a commit whose report was lost.
-pub const GAP_WAIT: Duration = Duration::from_secs(2);
+/// How long a hole in the id sequence is waited for before it is read from the log. Reports of
+/// this node's commits close a hole within microseconds, the backplane within milliseconds.
+pub const GAP_WAIT: Duration = Duration::from_millis(150);
+/// How often the log is polled for events nobody reported, while the backplane is up (or there is
+/// none): a safety net, so it is rare.
+pub const POLL: Duration = Duration::from_secs(1);
+/// How often while the backplane is down: other nodes' events then arrive only this way.
+pub const POLL_BACKPLANE_DOWN: Duration = Duration::from_millis(200);
+/// The most events read from the log at once; a longer hole takes several reads.
+const FETCH_LIMIT: i64 = 1000;
+const TICK: Duration = Duration::from_millis(50);
 
 pub struct Publisher {
     /// The id of the next event to route.
     next: i64,
     waiting: BTreeMap<i64, Event>,
-    /// When the oldest waiting event started waiting behind a gap.
-    gap_since: Option<Instant>,
+    /// Since when `next` has been missing while later events wait.
+    stalled_since: Option<Instant>,
+    /// The newest committed id as of the previous read of the log.
+    polled_latest: i64,
+    last_poll: Instant,
+    /// A read of the log is under way; one at a time.
+    fetching: bool,
+    /// Read everything committed and not yet routed at the next tick.
+    read_all: bool,
+    backplane_up: bool,
+    pool: Pool,
     registry: Addr<StationRegistry>,
     directory: Addr<NotifierDirectory>,
     metrics: Arc<Metrics>,
@@ -36,6 +60,7 @@ impl Publisher {
     /// `last_event_id`: the newest event already committed when the process started.
     pub fn new(
         last_event_id: i64,
+        pool: Pool,
         registry: Addr<StationRegistry>,
         directory: Addr<NotifierDirectory>,
         metrics: Arc<Metrics>,
@@ -43,7 +68,13 @@ impl Publisher {
         Publisher {
             next: last_event_id + 1,
             waiting: BTreeMap::new(),
-            gap_since: None,
+            stalled_since: None,
+            polled_latest: last_event_id,
+            last_poll: Instant::now(),
+            fetching: false,
+            read_all: false,
+            backplane_up: true,
+            pool,
             registry,
             directory,
             metrics,
@@ -60,15 +91,101 @@ impl Publisher {
         self.next = event.id.0 + 1;
     }
 
+    fn accept(&mut self, events: Vec<Event>) {
+        for event in events {
+            if event.id.0 >= self.next {
+                self.waiting.insert(event.id.0, event);
+            }
+        }
+        self.drain();
+    }
+
     fn drain(&mut self) {
+        let before = self.next;
         while let Some(event) = self.waiting.remove(&self.next) {
             self.route(event);
         }
-        self.gap_since = match (self.waiting.is_empty(), self.gap_since) {
+        self.stalled_since = match (self.waiting.is_empty(), self.stalled_since) {
             (true, _) => None,
-            (false, None) => Some(Instant::now()),
+            (false, since) if since.is_none() || self.next != before => Some(Instant::now()),
             (false, since) => since,
         };
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.fetching {
+            return;
+        }
+        if self.stalled_since.is_some_and(|since| since.elapsed() >= GAP_WAIT) {
+            let first_waiting = self.waiting.first_key_value().map_or(self.next, |(&id, _)| id);
+            self.read_log(Some(first_waiting - 1), ctx);
+            return;
+        }
+        let every = if self.backplane_up { POLL } else { POLL_BACKPLANE_DOWN };
+        if std::mem::take(&mut self.read_all) {
+            self.read_log(Some(i64::MAX), ctx);
+        } else if self.last_poll.elapsed() >= every {
+            self.last_poll = Instant::now();
+            // What was committed a poll ago should have been reported by now; fetch what was not.
+            let upto = (self.polled_latest >= self.next).then_some(self.polled_latest);
+            self.read_log(upto, ctx);
+        }
+    }
+
+    /// Reads the newest committed id and, with `upto`, the events from `next` through `upto` (at
+    /// most through the newest: ids up to it all committed, ids past it may not exist yet).
+    fn read_log(&mut self, upto: Option<i64>, ctx: &mut Context<Self>) {
+        self.fetching = true;
+        let from = self.next;
+        let pool = self.pool.clone();
+        let read = async move {
+            db::run(&pool, move |conn| {
+                let latest = log::latest_id(conn)?;
+                let upto = upto.map(|upto| upto.min(latest).min(from + FETCH_LIMIT - 1));
+                let events = match upto {
+                    Some(upto) if upto >= from => log::range(conn, from, upto)?,
+                    _ => Vec::new(),
+                };
+                Ok((latest, upto, events))
+            })
+            .await
+        };
+        ctx.spawn(read.into_actor(self).map(move |result, this, _| {
+            this.fetching = false;
+            match result {
+                Ok((latest, upto, events)) => {
+                    this.polled_latest = latest;
+                    match upto {
+                        Some(upto) if upto >= from => this.fetched(from, upto, events),
+                        _ => {}
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the event log; retrying"),
+            }
+        }));
+    }
+
+    fn fetched(&mut self, from: i64, upto: i64, events: Vec<Event>) {
+        if self.next != from {
+            // Reports arrived meanwhile; whatever they did not cover is read again next tick.
+            self.accept(events);
+            return;
+        }
+        let found_from = events.first().map_or(upto + 1, |e| e.id.0);
+        if !events.is_empty() {
+            self.metrics.events_from_log.inc_by(events.len() as u64);
+        }
+        if found_from > self.next {
+            // Committed ids are contiguous, so these were pruned by the retention sweep: no one
+            // can be given them any more.
+            tracing::warn!(
+                missing_from = self.next,
+                resumed_at = found_from,
+                "events pruned before they were routed"
+            );
+            self.next = found_from;
+        }
+        self.accept(events);
     }
 }
 
@@ -76,20 +193,7 @@ impl Actor for Publisher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(GAP_WAIT / 4, |this, _| {
-            if this.gap_since.is_some_and(|since| since.elapsed() >= GAP_WAIT) {
-                if let Some((&first, _)) = this.waiting.first_key_value() {
-                    tracing::warn!(
-                        missing_from = this.next,
-                        resumed_at = first,
-                        "event ids skipped after waiting"
-                    );
-                    this.next = first;
-                    this.gap_since = None;
-                    this.drain();
-                }
-            }
-        });
+        ctx.run_interval(TICK, |this, ctx| this.tick(ctx));
     }
 }
 
@@ -97,11 +201,16 @@ impl Handler<Committed> for Publisher {
     type Result = ();
 
     fn handle(&mut self, Committed(events): Committed, _: &mut Context<Self>) {
-        for event in events {
-            if event.id.0 >= self.next {
-                self.waiting.insert(event.id.0, event);
-            }
-        }
-        self.drain();
+        self.accept(events);
+    }
+}
+
+impl Handler<BackplaneState> for Publisher {
+    type Result = ();
+
+    /// On reconnecting, the log is read at once: other nodes' events of the outage are there.
+    fn handle(&mut self, BackplaneState { up }: BackplaneState, _: &mut Context<Self>) {
+        self.backplane_up = up;
+        self.read_all |= up;
     }
 }

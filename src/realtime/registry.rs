@@ -245,6 +245,16 @@ impl Handler<UserChanged> for StationRegistry {
     }
 }
 
+impl Handler<RecheckAll> for StationRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: RecheckAll, _: &mut Context<Self>) {
+        for connection in self.connections.values().filter(|c| c.user.is_some()) {
+            connection.to.do_send(ToSession::Recheck);
+        }
+    }
+}
+
 impl Handler<StatsQuery> for StationRegistry {
     type Result = MessageResult<StatsQuery>;
 

@@ -9,6 +9,7 @@ mod auth;
 mod authorization;
 mod bookings;
 mod cli;
+mod cluster;
 mod errors;
 mod events;
 mod idempotency;

@@ -1,0 +1,281 @@
+//! The cluster backplane (`SWAPCAST_NATS_URL`): several nodes on one database behave as one.
+//!
+//! After a commit, the node that made the change publishes its events on NATS
+//! (`swapcast.<cluster>.events.station.<id>`, `….events.user.<id>`); every node subscribes and
+//! hands other nodes' events to its publisher, which orders them among its own. NATS delivers at
+//! most once, so it is only the fast path: the publisher fills holes and outages from the event
+//! log (see [`super::publisher`]), and nothing here waits for NATS — while it is away, outgoing
+//! events are dropped, not queued.
+//!
+//! `<cluster>` is an id kept in the database, so nodes find each other by sharing a database and
+//! two deployments on one NATS server never mix. Nodes also tell each other who they are and whom
+//! they serve (`….nodes`), for the cluster-wide `GET /api/realtime/stats`, and which users an
+//! admin changed (`….users`), so those users' sessions on every node re-check their rights.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions, Subscriber};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::messages::{BackplaneState, Committed, RecheckAll, RegistryStats, StatsQuery, UserChanged};
+use super::publisher::Publisher;
+use super::registry::StationRegistry;
+use crate::domain::ids::UserId;
+use crate::events::{Audience, Event};
+use crate::metrics::Metrics;
+
+/// How often a node tells the others about itself; one silent for three of these is gone.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// A running backplane connection; cheap to clone.
+#[derive(Clone)]
+pub struct Backplane {
+    client: Client,
+    outbound: mpsc::UnboundedSender<Outbound>,
+    peers: Arc<Mutex<HashMap<String, Peer>>>,
+}
+
+struct Peer {
+    seen: Instant,
+    stats: RegistryStats,
+}
+
+enum Outbound {
+    Events(Vec<Event>),
+    UserChanged(UserId),
+}
+
+/// What goes over NATS: who sent it, and what.
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    node: String,
+    body: T,
+}
+
+/// The NATS subjects of one cluster.
+#[derive(Clone)]
+struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    fn event(&self, audience: Audience) -> String {
+        match audience {
+            Audience::Station(station) => format!("{}.events.station.{}", self.prefix, station.0),
+            Audience::User(user) => format!("{}.events.user.{}", self.prefix, user.0),
+        }
+    }
+
+    fn all_events(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    fn nodes(&self) -> String {
+        format!("{}.nodes", self.prefix)
+    }
+
+    fn users(&self) -> String {
+        format!("{}.users", self.prefix)
+    }
+}
+
+/// The hub's actors a backplane feeds.
+pub struct Local {
+    pub node: Arc<str>,
+    pub publisher: Addr<Publisher>,
+    pub registry: Addr<StationRegistry>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Backplane {
+    /// Connects in the background (a node starts, and serves, while NATS is away) and starts the
+    /// tasks that carry events both ways on the current arbiter.
+    pub async fn start(url: &str, cluster: &str, local: Local) -> anyhow::Result<Backplane> {
+        let subjects = Subjects {
+            prefix: format!("swapcast.{cluster}"),
+        };
+        let on_event = (local.publisher.clone(), local.registry.clone());
+        let client = ConnectOptions::new()
+            .name(format!("swapcast {}", local.node))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                (Duration::from_millis(100) * attempts.min(100) as u32).min(RECONNECT_DELAY_MAX)
+            })
+            .event_callback(move |event| {
+                let (publisher, registry) = on_event.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("backplane connected");
+                            publisher.do_send(BackplaneState { up: true });
+                            registry.do_send(RecheckAll);
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("backplane disconnected; other nodes' events now come from the log");
+                            publisher.do_send(BackplaneState { up: false });
+                        }
+                        other => tracing::info!(event = %other, "backplane"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("SWAPCAST_NATS_URL {url}: {e}"))?;
+        if client.connection_state() != State::Connected {
+            tracing::warn!(url, "backplane not connected yet; retrying in the background");
+            local.publisher.do_send(BackplaneState { up: false });
+        }
+
+        let events = client.subscribe(subjects.all_events()).await?;
+        let nodes = client.subscribe(subjects.nodes()).await?;
+        let users = client.subscribe(subjects.users()).await?;
+        let (outbound, queue) = mpsc::unbounded_channel();
+        let backplane = Backplane {
+            client: client.clone(),
+            outbound,
+            peers: Arc::default(),
+        };
+        let local = Arc::new(local);
+        actix_web::rt::spawn(send(client.clone(), subjects.clone(), queue, local.clone()));
+        actix_web::rt::spawn(receive_events(events, local.clone()));
+        actix_web::rt::spawn(receive_users(users, local.clone()));
+        actix_web::rt::spawn(receive_nodes(nodes, local.clone(), backplane.peers.clone()));
+        actix_web::rt::spawn(heartbeat(client, subjects, local));
+        Ok(backplane)
+    }
+
+    /// Hands committed events to the sending task; never waits.
+    pub fn publish(&self, events: Vec<Event>) {
+        let _ = self.outbound.send(Outbound::Events(events));
+    }
+
+    pub fn user_changed(&self, user: UserId) {
+        let _ = self.outbound.send(Outbound::UserChanged(user));
+    }
+
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// The other nodes heard from lately, with what they last said about their watchers.
+    pub fn peers(&self) -> Vec<(String, RegistryStats)> {
+        let mut peers = self.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        peers.retain(|_, peer| peer.seen.elapsed() < HEARTBEAT * 3);
+        let mut list: Vec<_> = peers
+            .iter()
+            .map(|(node, peer)| (node.clone(), peer.stats.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+}
+
+fn encode<T: Serialize>(node: &str, body: T) -> Option<bytes::Bytes> {
+    let envelope = Envelope {
+        node: node.to_owned(),
+        body,
+    };
+    match serde_json::to_vec(&envelope) {
+        Ok(bytes) => Some(bytes.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a backplane message");
+            None
+        }
+    }
+}
+
+/// Decodes a message from another node (`None` for this node's own, and for garbage).
+fn decode<T: for<'de> Deserialize<'de>>(node: &str, payload: &[u8]) -> Option<T> {
+    match serde_json::from_slice::<Envelope<T>>(payload) {
+        Ok(envelope) if envelope.node != node => Some(envelope.body),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable backplane message");
+            None
+        }
+    }
+}
+
+async fn send(client: Client, subjects: Subjects, mut queue: mpsc::UnboundedReceiver<Outbound>, local: Arc<Local>) {
+    while let Some(item) = queue.recv().await {
+        if client.connection_state() != State::Connected {
+            // The other nodes read these from the log; queueing them would only grow memory.
+            if let Outbound::Events(events) = &item {
+                local.metrics.backplane_dropped.inc_by(events.len() as u64);
+            }
+            continue;
+        }
+        let messages = match item {
+            Outbound::Events(events) => events
+                .into_iter()
+                .filter_map(|event| Some((subjects.event(event.audience), encode(&local.node, event)?)))
+                .collect(),
+            Outbound::UserChanged(user) => encode(&local.node, user)
+                .map(|payload| vec![(subjects.users(), payload)])
+                .unwrap_or_default(),
+        };
+        for (subject, payload) in messages {
+            if let Err(e) = client.publish(subject, payload).await {
+                tracing::warn!(error = %e, "backplane publish failed");
+            }
+        }
+    }
+}
+
+async fn receive_events(mut events: Subscriber, local: Arc<Local>) {
+    while let Some(message) = events.next().await {
+        if let Some(event) = decode::<Event>(&local.node, &message.payload) {
+            local.publisher.do_send(Committed(vec![event]));
+        }
+    }
+}
+
+async fn receive_users(mut users: Subscriber, local: Arc<Local>) {
+    while let Some(message) = users.next().await {
+        if let Some(user) = decode::<UserId>(&local.node, &message.payload) {
+            local.registry.do_send(UserChanged { user });
+        }
+    }
+}
+
+async fn receive_nodes(mut nodes: Subscriber, local: Arc<Local>, peers: Arc<Mutex<HashMap<String, Peer>>>) {
+    while let Some(message) = nodes.next().await {
+        let Ok(envelope) = serde_json::from_slice::<Envelope<RegistryStats>>(&message.payload) else {
+            continue;
+        };
+        if envelope.node != *local.node {
+            let mut peers = peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let peer = Peer {
+                seen: Instant::now(),
+                stats: envelope.body,
+            };
+            peers.insert(envelope.node, peer);
+        }
+    }
+}
+
+async fn heartbeat(client: Client, subjects: Subjects, local: Arc<Local>) {
+    let mut every = actix_web::rt::time::interval(HEARTBEAT);
+    loop {
+        every.tick().await;
+        if client.connection_state() != State::Connected {
+            continue;
+        }
+        let Ok(stats) = local.registry.send(StatsQuery).await else {
+            return;
+        };
+        if let Some(payload) = encode(&local.node, stats) {
+            if let Err(e) = client.publish(subjects.nodes(), payload).await {
+                tracing::warn!(error = %e, "backplane heartbeat failed");
+            }
+        }
+    }
+}
