@@ -83,7 +83,24 @@ async fn update(
     let actor = caller.actor()?.clone();
     let id = StationId(id.into_inner());
     let patch = body.value.parse()?;
-    let station = state.change(move |ch| stations::update(ch, &actor, id, &patch)).await?;
+    let (station, _) = state
+        .change_then(
+            move |ch| {
+                let before = stations::operator_of(&stations::load(ch.conn, id)?);
+                Ok((stations::update(ch, &actor, id, &patch)?, before))
+            },
+            |(station, before), hub| {
+                // Who operates a station decides who sees its bookers' emails: both operators'
+                // live connections re-check.
+                if *before != station.operator_id {
+                    [*before, station.operator_id]
+                        .into_iter()
+                        .flatten()
+                        .for_each(|u| hub.user_changed(u));
+                }
+            },
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(station))
 }
 

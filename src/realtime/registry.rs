@@ -238,8 +238,16 @@ impl Handler<Publish> for StationRegistry {
 impl Handler<UserChanged> for StationRegistry {
     type Result = ();
 
+    /// Until the re-check has decided again, the user sees no personal data: a right just taken
+    /// away is never used for an event committed after the change, and one that remains comes
+    /// back within milliseconds.
     fn handle(&mut self, msg: UserChanged, _: &mut Context<Self>) {
-        for connection in self.connections.values().filter(|c| c.user == Some(msg.user)) {
+        for (session, connection) in self.connections.iter().filter(|(_, c)| c.user == Some(msg.user)) {
+            for channel in &connection.channels {
+                if let Some(watch) = self.watchers.get_mut(channel).and_then(|w| w.get_mut(session)) {
+                    watch.personal = PersonalData::Hidden;
+                }
+            }
             connection.to.do_send(ToSession::Recheck);
         }
     }

@@ -409,3 +409,33 @@ async fn ping_is_answered_and_bad_input_keeps_the_connection() {
     app.battery(station, "STILL-1").await;
     expect(&mut client, "battery_added").await;
 }
+
+/// An operator taken off a station stops seeing its bookers' emails from the next event on,
+/// without reconnecting; the station's events keep coming in their public form.
+#[actix_web::test]
+async fn an_operator_taken_off_a_station_stops_seeing_personal_data() {
+    let app = spawn_app().await;
+    let operator = app.user("operator").await;
+    let successor = app.user("operator").await;
+    let driver = app.user("user").await;
+    let station = app.station("Handover", Some(&operator)).await;
+    app.battery(station, "H-1").await;
+    app.battery(station, "H-2").await;
+    let (mut watcher, _) = Client::open(&app, &format!("/ws/stations/{station}"), Some(&operator.token)).await;
+    assert_eq!(expect(&mut watcher, "inventory_update").await["action"], "snapshot");
+
+    app.book(station, &driver).await;
+    assert_eq!(expect(&mut watcher, "battery_booked").await["user"], driver.email);
+    assert_eq!(expect(&mut watcher, "inventory_update").await["action"], "book");
+
+    app.patch(
+        &format!("/api/stations/{station}"),
+        Some(&app.admin.token),
+        json!({"operator_id": successor.id}),
+    )
+    .await
+    .expect(200);
+    app.book(station, &driver).await;
+    let booked = expect(&mut watcher, "battery_booked").await;
+    assert!(booked.get("user").is_none(), "no email after the handover: {booked}");
+}
