@@ -499,3 +499,39 @@ async fn a_user_disabled_on_one_node_is_cut_off_on_every_node() {
         "closed on node B as the account is disabled"
     );
 }
+
+/// A node that commits and dies before it can publish leaves a hole in the id sequence; the next
+/// event over NATS reveals it, and every node reads the missing one from the log before going on.
+#[actix_web::test]
+async fn an_event_whose_node_died_before_publishing_is_still_delivered_in_order() {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    let Some((db, nats)) = cluster_db() else { return };
+    let a = node(&db, &nats, "alive");
+    let b = node(&db, &nats, "watching");
+    let admin = ChildAdmin::sign_in(&a, ADMIN).await;
+    let station = admin.station("Orphan").await;
+    let before = last_event_id(&b).await;
+    let mut on_b = watch(&b, &format!("/ws/stations/{station}/?last_event_id={before}")).await;
+
+    // What the dead node committed: an event in the log that no node was told about.
+    let mut conn = PgConnection::establish(&db.url()).unwrap();
+    let orphan = diesel::sql_query(format!(
+        "WITH bumped AS (UPDATE event_counter SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id) \
+         INSERT INTO events (id, kind, station_id, user_id, payload, created_at) \
+         SELECT last_id, 'station_status', {station}, NULL, \
+         '{{\"type\":\"station_status\",\"station_id\":{station},\"station_name\":\"Orphan\",\"status\":\"maintenance\",\"message\":\"from a dead node\"}}', \
+         {now} FROM bumped",
+        now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    ))
+    .execute(&mut conn)
+    .unwrap();
+    assert_eq!(orphan, 1);
+    assert_eq!(add_batteries(&admin, station, "next", 1).await, 1);
+
+    let expected = station_events_after(&admin, Some(station), before).await;
+    assert_eq!(expected.len(), 3, "the orphan, then battery_added and inventory_update");
+    assert_eq!(ids_until(&mut on_b, *expected.last().unwrap()).await, expected);
+}
