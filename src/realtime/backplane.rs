@@ -33,6 +33,8 @@ use crate::metrics::Metrics;
 /// How often a node tells the others about itself; one silent for three of these is gone.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+/// How long a starting node waits for NATS before it serves without it.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// A running backplane connection; cheap to clone.
 #[derive(Clone)]
@@ -129,8 +131,17 @@ impl Backplane {
             .connect(url)
             .await
             .map_err(|e| anyhow::anyhow!("SWAPCAST_NATS_URL {url}: {e}"))?;
+        // Serving before the first connection would drop this node's first events on the way
+        // out (the others would read them from the log, later): wait a little for it.
+        let deadline = Instant::now() + FIRST_CONNECT_WAIT;
+        while client.connection_state() != State::Connected && Instant::now() < deadline {
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
         if client.connection_state() != State::Connected {
-            tracing::warn!(url, "backplane not connected yet; retrying in the background");
+            tracing::warn!(
+                url,
+                "backplane not connected yet; serving, and retrying in the background"
+            );
             local.publisher.do_send(BackplaneState { up: false });
         }
 

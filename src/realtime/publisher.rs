@@ -166,15 +166,17 @@ impl Publisher {
     }
 
     fn fetched(&mut self, from: i64, upto: i64, events: Vec<Event>) {
+        let unreported = events
+            .iter()
+            .filter(|e| e.id.0 >= self.next && !self.waiting.contains_key(&e.id.0))
+            .count();
+        self.metrics.events_from_log.inc_by(unreported as u64);
         if self.next != from {
             // Reports arrived meanwhile; whatever they did not cover is read again next tick.
             self.accept(events);
             return;
         }
         let found_from = events.first().map_or(upto + 1, |e| e.id.0);
-        if !events.is_empty() {
-            self.metrics.events_from_log.inc_by(events.len() as u64);
-        }
         if found_from > self.next {
             // Committed ids are contiguous, so these were pruned by the retention sweep: no one
             // can be given them any more.

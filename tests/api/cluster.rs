@@ -152,6 +152,9 @@ async fn two_nodes_deliver_each_others_events_in_order() {
     let Some((db, nats)) = cluster_db() else { return };
     let a = node(&db, &nats, "node-a");
     let b = node(&db, &nats, "node-b");
+    for server in [&a, &b] {
+        assert_eq!(wait_backplane(server, "ok").await["backplane"], "ok");
+    }
     let admin_a = ChildAdmin::sign_in(&a, ADMIN).await;
     let admin_b = ChildAdmin::sign_in(&b, ADMIN).await;
     let east = admin_a.station("East").await;
