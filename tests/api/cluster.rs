@@ -225,6 +225,17 @@ async fn two_nodes_deliver_each_others_events_in_order() {
         .find(|s| s["station_id"] == west)
         .map(|s| s["viewers"].clone());
     assert_eq!(west_viewers, Some(json!(1)), "{stats}");
+
+    // The system channel says which node it samples.
+    let mut system = watch(&b, &format!("/ws?token={}", admin_b.token)).await;
+    system.send_text(r#"{"type":"subscribe","channel":"system"}"#).await;
+    let sample = loop {
+        let message = system.next_json().await;
+        if message["type"] == "system_metrics" {
+            break message;
+        }
+    };
+    assert_eq!(sample["node"], "node-b", "{sample}");
 }
 
 #[actix_web::test]
