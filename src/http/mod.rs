@@ -5,6 +5,7 @@
 mod auth;
 mod body;
 mod bookings;
+mod dashboard;
 mod events;
 mod health;
 mod idempotency;
@@ -28,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::QueryConfig::default()
                 .error_handler(|_, _| Error::field("query", "is not a valid query string").into()),
         )
+        .route("/", web::get().to(dashboard::page))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
