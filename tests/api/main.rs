@@ -10,6 +10,7 @@ mod authorization;
 mod bookings;
 mod cli;
 mod cluster;
+mod dashboard;
 mod errors;
 mod events;
 mod idempotency;
