@@ -105,6 +105,20 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// Every `type` an event can have (what `docs/asyncapi.json` must document), in declaration
+    /// order; a unit test holds it to the variants.
+    pub const KINDS: [&'static str; 9] = [
+        "inventory_update",
+        "battery_added",
+        "battery_booked",
+        "battery_collected",
+        "battery_updated",
+        "station_status",
+        "booking_confirmed",
+        "booking_ready",
+        "notification",
+    ];
+
     /// The seed-001 `type`, also stored in the log's `kind` column.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -178,6 +192,23 @@ pub(crate) mod tests {
             },
             user: "user@example.com".into(),
         }
+    }
+
+    #[test]
+    fn kinds_name_every_variant() {
+        // serde lists an enum's variants when it meets an unknown one; that list is the variants
+        // as they are, so a variant added without its kind fails here.
+        let error = serde_json::from_value::<EventBody>(json!({"type": "no_such_kind"}))
+            .unwrap_err()
+            .to_string();
+        let listed: Vec<&str> = error
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no variant list in {error:?}"))
+            .split(", ")
+            .map(|name| name.trim_matches('`'))
+            .collect();
+        assert_eq!(listed, EventBody::KINDS);
     }
 
     #[test]

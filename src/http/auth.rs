@@ -1,11 +1,13 @@
 //! `/api/auth/*` and `/api/me`: registration, sign-in sessions, the current user.
 
 use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{self, Body};
+use super::router::Router;
 use crate::auth::extract::{Caller, COOKIE_NAME};
 use crate::auth::{password, sessions};
 use crate::clock::now_ms;
@@ -15,12 +17,12 @@ use crate::domain::values::{DisplayName, Email, Password, Role};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/register", web::post().to(register))
-        .route("/auth/login", web::post().to(login))
-        .route("/auth/refresh", web::post().to(refresh))
-        .route("/auth/logout", web::post().to(logout))
-        .route("/me", web::get().to(me));
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::POST, "/auth/register", register)
+        .route(Method::POST, "/auth/login", login)
+        .route(Method::POST, "/auth/refresh", refresh)
+        .route(Method::POST, "/auth/logout", logout)
+        .route(Method::GET, "/me", me);
 }
 
 #[derive(Deserialize)]

@@ -1,11 +1,13 @@
 //! `/api/bookings/*`: booking a battery and moving the booking through its lifecycle.
 
+use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::body::{self, Body};
 use super::idempotency;
+use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::Actor;
 use crate::domain::bookings::{self, BookingFilter, BookingView};
@@ -15,12 +17,12 @@ use crate::domain::Change;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/bookings", web::post().to(book))
-        .route("/bookings", web::get().to(list))
-        .route("/bookings/{id}/ready", web::post().to(ready))
-        .route("/bookings/{id}/collect", web::post().to(collect))
-        .route("/bookings/{id}/cancel", web::post().to(cancel));
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::POST, "/bookings", book)
+        .route(Method::GET, "/bookings", list)
+        .route(Method::POST, "/bookings/{id}/ready", ready)
+        .route(Method::POST, "/bookings/{id}/collect", collect)
+        .route(Method::POST, "/bookings/{id}/cancel", cancel);
 }
 
 #[derive(Deserialize)]

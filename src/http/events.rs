@@ -1,8 +1,10 @@
 //! `GET /api/events`: the event log, for audit and debugging (admins).
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::body;
+use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::policy;
 use crate::domain::{Listing, Page};
@@ -10,8 +12,8 @@ use crate::error::Result;
 use crate::events::{log, EventRecord};
 use crate::state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::get().to(list));
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::GET, "/events", list);
 }
 
 /// `?after=N` (or the `cursor` of the previous page) and `?limit=M`, oldest first.

@@ -1,10 +1,12 @@
 //! `/api/notifications/*`: a user's own notifications, and the admin's sending of them.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{self, Body};
+use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::domain::ids::{NotificationId, UserId};
 use crate::domain::notifications::{self, NotificationInput, Recipients};
@@ -12,10 +14,10 @@ use crate::domain::values::{Level, MessageText, Title};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/notifications", web::get().to(list))
-        .route("/notifications", web::post().to(send))
-        .route("/notifications/{id}/read", web::post().to(mark_read));
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::GET, "/notifications", list)
+        .route(Method::POST, "/notifications", send)
+        .route(Method::POST, "/notifications/{id}/read", mark_read);
 }
 
 async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {

@@ -1,11 +1,13 @@
 //! `GET /api/realtime/stats` (admins): live connections and viewers per station,
 //! summed over the cluster's nodes and per node.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::policy;
 use crate::domain::ids::StationId;
@@ -13,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::realtime::messages::{RegistryStats, StatsQuery};
 use crate::state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/realtime/stats", web::get().to(stats));
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::GET, "/realtime/stats", stats);
 }
 
 async fn stats(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {

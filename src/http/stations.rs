@@ -1,11 +1,13 @@
 //! `/api/stations/*` and `/api/batteries/*`: the network, its inventory, and battery changes.
 
+use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::body::{self, double_option, Body};
 use super::idempotency;
+use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::policy;
 use crate::domain::batteries::{self, BatteryPatch, NewBatteryInput, ReturnInput};
@@ -15,15 +17,15 @@ use crate::domain::values::{Address, BatteryModel, Percent, Serial, StationName,
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/stations", web::get().to(list))
-        .route("/stations", web::post().to(create))
-        .route("/stations/{id}", web::get().to(get))
-        .route("/stations/{id}", web::patch().to(update))
-        .route("/stations/{id}/batteries", web::get().to(list_batteries))
-        .route("/stations/{id}/batteries", web::post().to(add_battery))
-        .route("/stations/{id}/returns", web::post().to(record_return))
-        .route("/batteries/{id}", web::patch().to(update_battery));
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::GET, "/stations", list)
+        .route(Method::POST, "/stations", create)
+        .route(Method::GET, "/stations/{id}", get)
+        .route(Method::PATCH, "/stations/{id}", update)
+        .route(Method::GET, "/stations/{id}/batteries", list_batteries)
+        .route(Method::POST, "/stations/{id}/batteries", add_battery)
+        .route(Method::POST, "/stations/{id}/returns", record_return)
+        .route(Method::PATCH, "/batteries/{id}", update_battery);
 }
 
 fn may_read(state: &AppState, caller: &Caller) -> Result<()> {

@@ -1,9 +1,11 @@
 //! `/api/users/*`: the admin's view of users and their roles.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::body::{self, Body};
+use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::domain::ids::UserId;
 use crate::domain::users::{self, UserPatch};
@@ -11,9 +13,9 @@ use crate::domain::values::{DisplayName, Role};
 use crate::error::Result;
 use crate::state::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/users", web::get().to(list))
-        .route("/users/{id}", web::patch().to(update));
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::GET, "/users", list)
+        .route(Method::PATCH, "/users/{id}", update);
 }
 
 async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {

@@ -18,6 +18,7 @@ mod session;
 
 use std::collections::HashMap;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::WsResponseBuilder;
 use serde_json::{json, Value};
@@ -25,6 +26,7 @@ use serde_json::{json, Value};
 use crate::auth::extract::{authenticate, find_token, TokenSource};
 use crate::auth::Actor;
 use crate::domain::ids::StationId;
+use crate::http::{Recorder, Router, Served};
 use crate::realtime::messages::Channel;
 use crate::realtime::Hub;
 use crate::state::AppState;
@@ -32,10 +34,21 @@ use channels::Start;
 use session::{close, Kind, Limits, WsSession};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws", web::get().to(multiplexed))
-        .route("/ws/stations", web::get().to(all_stations))
-        .route("/ws/stations/{id}", web::get().to(one_station))
-        .route("/ws/notifications", web::get().to(notifications));
+    routes(&mut Served::new(cfg));
+}
+
+/// Every WebSocket endpoint (a GET that upgrades), declared once. Paths are matched without a
+/// trailing slash (the app trims it), so seed 001's `/ws/stations/` reaches `/ws/stations`.
+pub fn routes(r: &mut impl Router) {
+    r.route(Method::GET, "/ws", multiplexed)
+        .route(Method::GET, "/ws/stations", all_stations)
+        .route(Method::GET, "/ws/stations/{id}", one_station)
+        .route(Method::GET, "/ws/notifications", notifications);
+}
+
+/// The WebSocket endpoints, as `(method, path)`: the channels `docs/asyncapi.json` must document.
+pub fn ws_routes() -> Vec<(Method, String)> {
+    Recorder::record(routes)
 }
 
 async fn all_stations(
