@@ -1,4 +1,4 @@
-//! The REST API (CONTRACT §5) and health endpoints. Handlers parse input at
+//! The REST API (CONTRACT §5), health endpoints and the protocol documents. Handlers parse input at
 //! the edge, call one domain service through [`AppState::change`](crate::state::AppState::change)
 //! or [`AppState::read`](crate::state::AppState::read), and return its value as JSON. Every route
 //! is declared once, against [`Router`], so the routes can be listed as well as served.
@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod bookings;
 mod dashboard;
+mod docs;
 mod events;
 mod health;
 mod idempotency;
@@ -51,6 +52,7 @@ pub fn routes(r: &mut impl Router) {
             users::routes(r);
             events::routes(r);
             realtime::routes(r);
+            docs::routes(r);
         });
 }
 

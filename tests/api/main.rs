@@ -18,6 +18,7 @@ mod lists;
 mod logs;
 mod metrics;
 mod notifications;
+mod protocol_docs;
 mod resume;
 mod ws_auth;
 mod ws_events;
