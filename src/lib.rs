@@ -15,8 +15,7 @@
 //! - [`events`]   the event vocabulary (seed 001's messages) and the event log
 //! - [`realtime`] the actors that route committed events to sessions: publisher, registry, notifiers
 //! - [`ws`]       the WebSocket endpoints and the session actor (the only user of actix-web-actors)
-//! - [`http`]     REST routes (declared once, so they can be listed), input parsing at the edge,
-//!                idempotency, health, the protocol documents
+//! - [`http`]     REST routes, input parsing at the edge, idempotency, health, the protocol documents
 //! - [`sweeper`]  booking expiry and pruning in the background
 //! - [`clock`]    time as stored (unix ms) and as shown (RFC 3339)
 //! - [`metrics`]  Prometheus metrics, shared by the hub, the sessions and the request log
