@@ -2,9 +2,15 @@
 //! HTTP and WebSocket clients, and reports what users feel — deliveries per second, messages
 //! missing, and latency from the trigger's send to each receipt.
 //!
-//! - [`stats`]  percentiles and rates
-//! - [`server`] the measured server, started as a child process
+//! Every workload runs against swapcast and then against [`baseline`], a minimal broadcast server
+//! started the same way, and reports the ratio of the two: absolute numbers on a shared machine
+//! drift between runs, ratios measured in one run much less.
+//!
+//! - [`stats`]    percentiles and rates
+//! - [`server`]   the measured servers, started as child processes
+//! - [`baseline`] the reference broadcast server
 
+pub mod baseline;
 pub mod server;
 pub mod stats;
 
@@ -30,12 +36,43 @@ pub enum Workload {
     Idle(IdleArgs),
     /// Connect, read the first message, close — at a concurrency; handshakes per second.
     Churn(ChurnArgs),
+    /// Concurrent REST bookings by many drivers; bookings per second with their events delivered.
+    Bookings(BookingsArgs),
+    /// The reference server itself (the bench starts it; not for people).
+    #[command(hide = true)]
+    BaselineServe,
+}
+
+/// Whether to measure the baseline too and report ratios.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Compare {
+    /// Measure swapcast only, without the baseline and the ratios.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BookingsArgs {
+    /// Booking attempts in all (the station gets this many batteries, so all can succeed).
+    #[arg(long, default_value_t = 5_000)]
+    pub bookings: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Drivers the bookings are spread over, each with a notifications connection.
+    #[arg(long, default_value_t = 32)]
+    pub drivers: usize,
+    /// Stations the batteries and bookings are spread over (a network, not one giant station).
+    #[arg(long, default_value_t = 100)]
+    pub stations: usize,
 }
 
 #[derive(Args, Debug)]
 pub struct IdleArgs {
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
+    #[command(flatten)]
+    pub compare: Compare,
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +82,8 @@ pub struct ChurnArgs {
     pub handshakes: usize,
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    #[command(flatten)]
+    pub compare: Compare,
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +97,8 @@ pub struct FanoutArgs {
     /// Additions per second; without it, one at a time as fast as the API answers.
     #[arg(long)]
     pub rate: Option<f64>,
+    #[command(flatten)]
+    pub compare: Compare,
 }
 
 /// Upper bounds so every loop ends: connections, events, and how long to wait for stragglers.
@@ -75,6 +116,93 @@ pub fn run(workload: Workload) -> anyhow::Result<()> {
         Workload::Fanout(args) => runtime.block_on(fanout(args)),
         Workload::Idle(args) => runtime.block_on(idle(args)),
         Workload::Churn(args) => runtime.block_on(churn(args)),
+        Workload::Bookings(args) => runtime.block_on(bookings(args)),
+        Workload::BaselineServe => runtime.block_on(baseline::serve()),
+    }
+}
+
+/// What a workload runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Swapcast,
+    Baseline,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Swapcast => "swapcast",
+            Target::Baseline => "baseline",
+        }
+    }
+
+    fn start(self, extra_env: &[(&str, String)]) -> anyhow::Result<BenchServer> {
+        match self {
+            Target::Swapcast => BenchServer::start(extra_env),
+            Target::Baseline => BenchServer::start_baseline(),
+        }
+    }
+
+    /// The targets of a run: swapcast, then the baseline unless it was declined.
+    fn all(compare: Compare) -> Vec<Target> {
+        if compare.no_baseline {
+            vec![Target::Swapcast]
+        } else {
+            vec![Target::Swapcast, Target::Baseline]
+        }
+    }
+
+    /// The station to watch and what makes its events.
+    async fn station(self, server: &BenchServer, name: &str) -> anyhow::Result<(i64, Trigger)> {
+        match self {
+            Target::Swapcast => {
+                let admin = Admin::with_station(server, name).await?;
+                Ok((admin.station, Trigger::Rest(admin)))
+            }
+            Target::Baseline => {
+                let url = format!("ws://127.0.0.1:{}/publish", server.port);
+                let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+                Ok((1, Trigger::Socket(Box::new(ws))))
+            }
+        }
+    }
+}
+
+/// Makes one addition's events: a REST call on swapcast, a message on the baseline.
+enum Trigger {
+    Rest(Admin),
+    Socket(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>),
+}
+
+impl Trigger {
+    /// Fires addition `k`. Paced, a REST call is not awaited: the deliveries are what is measured.
+    async fn fire(&mut self, k: usize, paced: bool) -> anyhow::Result<()> {
+        match self {
+            Trigger::Rest(admin) => {
+                let request = admin
+                    .http
+                    .post(format!("{}/api/stations/{}/batteries", admin.base, admin.station))
+                    .bearer_auth(&admin.token)
+                    .json(&json!({"serial": format!("BENCH-{k}"), "model": "Bench Battery"}))
+                    .send();
+                if paced {
+                    drop(tokio::spawn(request));
+                } else {
+                    request.await?.error_for_status()?;
+                }
+            }
+            Trigger::Socket(ws) => futures_util::SinkExt::send(&mut **ws, Message::text(k.to_string())).await?,
+        }
+        Ok(())
+    }
+}
+
+/// `swapcast / baseline`, for a line of ratios.
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 {
+        format!("{:.2}", ours / theirs)
+    } else {
+        "n/a".into()
     }
 }
 
@@ -94,6 +222,20 @@ struct Admin {
 }
 
 impl Admin {
+    async fn another_station(&self, name: &str) -> anyhow::Result<i64> {
+        let station: Value = self
+            .http
+            .post(format!("{}/api/stations", self.base))
+            .bearer_auth(&self.token)
+            .json(&json!({"name": name}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        station["id"].as_i64().context("station id")
+    }
+
     async fn with_station(server: &BenchServer, name: &str) -> anyhow::Result<Admin> {
         let base = format!("http://127.0.0.1:{}", server.port);
         let http = reqwest::Client::new();
@@ -142,28 +284,39 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     if args.connections == 0 || args.connections > MAX_SUBSCRIBERS {
         bail!("connections must be 1..={MAX_SUBSCRIBERS}");
     }
-    let server = BenchServer::start(&[])?;
-    let Admin { station, .. } = Admin::with_station(&server, "Idle Station").await?;
-    // Warm the server up with a few connections so the baseline includes its steady state.
-    let mut warm = Vec::new();
-    for i in 0..CONNECT_CONCURRENCY {
-        warm.push(subscribe(server.port, station, i).await?);
+    println!("idle: {} connections held", args.connections);
+    let mut per = Vec::new();
+    for target in Target::all(args.compare) {
+        let server = target.start(&[])?;
+        let (station, _trigger) = target.station(&server, "Idle Station").await?;
+        // Warm the server up with a few connections so the baseline includes its steady state.
+        let mut warm = Vec::new();
+        for i in 0..CONNECT_CONCURRENCY {
+            warm.push(subscribe(server.port, station, i).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss_kib(server.pid())?;
+        let mut held = Vec::with_capacity(args.connections);
+        let mut pending = futures_util::stream::iter((0..args.connections).map(|i| subscribe(server.port, station, i)))
+            .buffer_unordered(CONNECT_CONCURRENCY);
+        while let Some(socket) = pending.next().await {
+            held.push(socket?);
+        }
+        drop(pending);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(server.pid())?;
+        let kib = (after.saturating_sub(before)) as f64 / args.connections as f64;
+        println!(
+            "  {:<9} RSS {before} KiB before, {after} KiB after ({} held, {} warm-up): {kib:.2} KiB per connection",
+            target.name(),
+            held.len(),
+            warm.len()
+        );
+        per.push(kib);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(server.pid())?;
-    let mut held = Vec::with_capacity(args.connections);
-    let mut pending = futures_util::stream::iter((0..args.connections).map(|i| subscribe(server.port, station, i)))
-        .buffer_unordered(CONNECT_CONCURRENCY);
-    while let Some(socket) = pending.next().await {
-        held.push(socket?);
+    if let [ours, theirs] = per[..] {
+        println!("  ratio     memory per connection {}", ratio(ours, theirs));
     }
-    drop(pending);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(server.pid())?;
-    let per = (after.saturating_sub(before)) as f64 / args.connections as f64;
-    println!("idle: {} connections held (plus {} warm-up)", held.len(), warm.len());
-    println!("  server RSS     {before} KiB before, {after} KiB after");
-    println!("  per connection {per:.2} KiB");
     Ok(())
 }
 
@@ -171,47 +324,60 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     if args.handshakes == 0 || args.handshakes > 1_000_000 || args.concurrency == 0 || args.concurrency > 1024 {
         bail!("handshakes must be 1..=1000000 and concurrency 1..=1024");
     }
-    let server = BenchServer::start(&[])?;
-    let port = server.port;
-    let started = Instant::now();
-    let mut latencies = Vec::with_capacity(args.handshakes);
-    let mut failed = 0usize;
-    let mut attempts = futures_util::stream::iter((0..args.handshakes).map(|i| async move {
-        let began = Instant::now();
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8);
-        let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-        let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-        let (mut ws, _) =
-            tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws/stations/"), stream).await?;
-        ws.next().await.context("closed before the greeting")??;
-        let elapsed = began.elapsed();
-        // The measurement is the handshake; how the close goes does not change it.
-        let _ = ws.close(None).await;
-        Ok::<_, anyhow::Error>(elapsed)
-    }))
-    .buffer_unordered(args.concurrency);
-    while let Some(result) = attempts.next().await {
-        match result {
-            Ok(elapsed) => latencies.push(elapsed.as_micros() as u64),
-            Err(_) => failed += 1,
-        }
-    }
-    let span = started.elapsed();
-    let summary = summarize(latencies);
     println!(
         "churn: {} handshakes at concurrency {}",
         args.handshakes, args.concurrency
     );
-    println!("  succeeded      {} ({failed} failed)", summary.count);
-    println!("  handshakes/s   {:.0}", rate(summary.count, span));
-    println!(
-        "  latency (ms)   p50 {:.1}  p99 {:.1}  max {:.1}",
-        ms(summary.p50),
-        ms(summary.p99),
-        ms(summary.max)
-    );
+    let mut rates = Vec::new();
+    for target in Target::all(args.compare) {
+        let server = target.start(&[])?;
+        let port = server.port;
+        let started = Instant::now();
+        let mut latencies = Vec::with_capacity(args.handshakes);
+        let mut failed = 0usize;
+        let mut attempts = futures_util::stream::iter((0..args.handshakes).map(|i| async move {
+            let began = Instant::now();
+            let stream = connect_from(i, port).await?;
+            let (mut ws, _) =
+                tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws/stations/"), stream).await?;
+            ws.next().await.context("closed before the greeting")??;
+            let elapsed = began.elapsed();
+            // The measurement is the handshake; how the close goes does not change it.
+            let _ = ws.close(None).await;
+            Ok::<_, anyhow::Error>(elapsed)
+        }))
+        .buffer_unordered(args.concurrency);
+        while let Some(result) = attempts.next().await {
+            match result {
+                Ok(elapsed) => latencies.push(elapsed.as_micros() as u64),
+                Err(_) => failed += 1,
+            }
+        }
+        let span = started.elapsed();
+        let summary = summarize(latencies);
+        let per_sec = rate(summary.count, span);
+        println!(
+            "  {:<9} {} succeeded ({failed} failed)  handshakes/s {per_sec:.0}  latency (ms) p50 {:.1}  p99 {:.1}  max {:.1}",
+            target.name(),
+            summary.count,
+            ms(summary.p50),
+            ms(summary.p99),
+            ms(summary.max)
+        );
+        rates.push(per_sec);
+    }
+    if let [ours, theirs] = rates[..] {
+        println!("  ratio     handshakes/s {}", ratio(ours, theirs));
+    }
     Ok(())
+}
+
+/// A TCP connection to the server from the `i`-th loopback source address.
+async fn connect_from(i: usize, port: u16) -> anyhow::Result<tokio::net::TcpStream> {
+    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    Ok(socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?)
 }
 
 /// Opens one subscriber from the `i`-th loopback source address and reads its greeting and snapshot.
@@ -220,10 +386,7 @@ async fn subscribe(
     station: i64,
     i: usize,
 ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8);
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-    let stream = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let stream = connect_from(i, port).await?;
     let url = format!("ws://127.0.0.1:{port}/ws/stations/{station}/");
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     for _ in 0..2 {
@@ -232,17 +395,68 @@ async fn subscribe(
     Ok(ws)
 }
 
+/// One target's fan-out.
+struct FanoutResult {
+    received: usize,
+    total: usize,
+    span: Duration,
+    latency: stats::Summary,
+}
+
+impl FanoutResult {
+    fn deliveries_per_sec(&self) -> f64 {
+        rate(self.received, self.span)
+    }
+}
+
 async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     if args.subscribers == 0 || args.subscribers > MAX_SUBSCRIBERS || args.events == 0 || args.events > MAX_EVENTS {
         bail!("subscribers must be 1..={MAX_SUBSCRIBERS} and events 1..={MAX_EVENTS}");
     }
-    let server = BenchServer::start(&[("SWAPCAST_RATE_LIMIT", "1000".into())])?;
-    let Admin {
-        http,
-        base,
-        token,
-        station,
-    } = Admin::with_station(&server, "Bench Station").await?;
+    println!(
+        "fanout: {} subscribers × {} additions ({} events){}",
+        args.subscribers,
+        args.events,
+        args.events * 2,
+        args.rate.map(|r| format!(" at {r} additions/s")).unwrap_or_default()
+    );
+    let mut results = Vec::new();
+    for target in Target::all(args.compare) {
+        let result = fanout_on(target, &args).await?;
+        println!(
+            "  {:<9} delivered {} of {} ({} missing) in {:.2} s: {:.0} deliveries/s",
+            target.name(),
+            result.received,
+            result.total,
+            result.total - result.received,
+            result.span.as_secs_f64(),
+            result.deliveries_per_sec()
+        );
+        let l = &result.latency;
+        println!(
+            "  {:<9} latency (ms) p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}  (trigger sent → battery_added received, {} samples)",
+            "",
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.max),
+            l.count
+        );
+        results.push(result);
+    }
+    if let [ours, theirs] = &results[..] {
+        println!(
+            "  ratio     deliveries/s {}  p99 latency {}",
+            ratio(ours.deliveries_per_sec(), theirs.deliveries_per_sec()),
+            ratio(ours.latency.p99 as f64, theirs.latency.p99 as f64)
+        );
+    }
+    Ok(())
+}
+
+async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
+    let server = target.start(&[("SWAPCAST_RATE_LIMIT", "1000".into())])?;
+    let (station, mut trigger) = target.station(&server, "Bench Station").await?;
 
     let mut sockets = Vec::with_capacity(args.subscribers);
     let mut pending = futures_util::stream::iter((0..args.subscribers).map(|i| subscribe(server.port, station, i)))
@@ -296,17 +510,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
             .push(Instant::now());
-        let request = http
-            .post(format!("{base}/api/stations/{station}/batteries"))
-            .bearer_auth(&token)
-            .json(&json!({"serial": format!("BENCH-{k}"), "model": "Bench Battery"}))
-            .send();
-        if pace.is_some() {
-            // Paced: fire and go on; the response is not what is measured, the deliveries are.
-            drop(tokio::spawn(request));
-        } else {
-            request.await?.error_for_status()?;
-        }
+        trigger.fire(k, pace.is_some()).await?;
     }
 
     let mut latencies = Vec::new();
@@ -317,23 +521,205 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         latencies.extend(me.latencies);
         last = last.max(me.last_receipt.unwrap_or(started));
     }
-    let total = args.subscribers * expected;
-    let summary = summarize(latencies);
+    Ok(FanoutResult {
+        received,
+        total: args.subscribers * expected,
+        span: last - started,
+        latency: summarize(latencies),
+    })
+}
+
+/// A subscriber of every station: reads the greeting and one snapshot per station.
+async fn subscribe_all(
+    port: u16,
+    stations: usize,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let stream = connect_from(0, port).await?;
+    let url = format!("ws://127.0.0.1:{port}/ws/stations/");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    for _ in 0..=stations {
+        ws.next().await.context("closed during the greeting")??;
+    }
+    Ok(ws)
+}
+
+/// A driver of the bookings workload: signed in, with a notifications connection.
+struct Driver {
+    token: String,
+    notifications: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+}
+
+async fn bookings(args: BookingsArgs) -> anyhow::Result<()> {
+    if !(1..=100_000).contains(&args.bookings)
+        || !(1..=1024).contains(&args.concurrency)
+        || !(1..=1000).contains(&args.drivers)
+        || !(1..=1000).contains(&args.stations)
+    {
+        bail!("bookings must be 1..=100000, concurrency 1..=1024, drivers and stations 1..=1000");
+    }
+    let server = BenchServer::start(&[("SWAPCAST_RATE_LIMIT", "1000".into())])?;
+    let admin = Admin::with_station(&server, "Bookings Station 0").await?;
+    let mut stations = vec![admin.station];
+    for n in 1..args.stations {
+        stations.push(admin.another_station(&format!("Bookings Station {n}")).await?);
+    }
+
+    // The stock: one battery per attempt, spread over the stations, added concurrently.
+    let added = futures_util::stream::iter((0..args.bookings).map(|k| {
+        let (admin, station) = (&admin, stations[k % stations.len()]);
+        async move {
+            admin
+                .http
+                .post(format!("{}/api/stations/{station}/batteries", admin.base))
+                .bearer_auth(&admin.token)
+                .json(&json!({"serial": format!("STOCK-{k}"), "model": "Bench Battery"}))
+                .send()
+                .await?
+                .error_for_status()?;
+            Ok::<_, anyhow::Error>(())
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<_>>()
+    .await;
+    added.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+
+    let mut drivers = Vec::with_capacity(args.drivers);
+    for d in 0..args.drivers {
+        drivers.push(driver(&admin, server.port, d).await?);
+    }
+    // Read while booking, as a dashboard and the drivers' phones would: a reader that waits
+    // until the end is a slow consumer, and the server closes it (1013).
+    let watcher = tokio::spawn(count_until_quiet(
+        subscribe_all(server.port, stations.len()).await?,
+        "\"battery_booked\"",
+    ));
+    let (tokens, phones): (Vec<String>, Vec<_>) = drivers
+        .into_iter()
+        .map(|d| {
+            (
+                d.token,
+                tokio::spawn(count_until_quiet(d.notifications, "\"booking_confirmed\"")),
+            )
+        })
+        .unzip();
+
+    let started = Instant::now();
+    let outcomes: Vec<(u16, Duration)> = futures_util::stream::iter((0..args.bookings).map(|i| {
+        let (admin, token, station) = (&admin, &tokens[i % tokens.len()], stations[i % stations.len()]);
+        async move {
+            let began = Instant::now();
+            let status = admin
+                .http
+                .post(format!("{}/api/bookings", admin.base))
+                .bearer_auth(token)
+                .json(&json!({"station_id": station}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (status, began.elapsed())
+        }
+    }))
+    .buffer_unordered(args.concurrency)
+    .collect()
+    .await;
+    let span = started.elapsed();
+
+    let booked = outcomes.iter().filter(|(status, _)| *status == 201).count();
+    let mut statuses = std::collections::BTreeMap::new();
+    for (status, _) in &outcomes {
+        *statuses.entry(*status).or_insert(0usize) += 1;
+    }
+    let latency = summarize(outcomes.iter().map(|(_, d)| d.as_micros() as u64).collect());
+
+    // Their events: battery_booked to the stations' watcher, booking_confirmed to each driver.
+    let station_events = watcher.await?;
+    let mut confirmations = 0;
+    for phone in phones {
+        confirmations += phone.await?;
+    }
+
     println!(
-        "fanout: {} subscribers × {} additions ({} events)",
-        args.subscribers, args.events, expected
+        "bookings: {} attempts at concurrency {} by {} drivers at {} stations",
+        args.bookings, args.concurrency, args.drivers, args.stations
     );
-    println!("  delivered      {received} of {total} ({} missing)", total - received);
-    println!("  span           {:.2} s", (last - started).as_secs_f64());
-    println!("  deliveries/s   {:.0}", rate(received, last - started));
     println!(
-        "  latency (ms)   p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}  (trigger sent → battery_added received, {} samples)",
-        ms(summary.p50),
-        ms(summary.p90),
-        ms(summary.p99),
-        ms(summary.max),
-        summary.count
+        "  booked         {booked} in {:.2} s: {:.0} bookings/s",
+        span.as_secs_f64(),
+        rate(booked, span)
     );
-    println!("  server pid     {}", server.pid());
+    println!("  statuses       {statuses:?}");
+    println!(
+        "  latency (ms)   p50 {:.1}  p99 {:.1}  max {:.1}",
+        ms(latency.p50),
+        ms(latency.p99),
+        ms(latency.max)
+    );
+    println!(
+        "  delivered      battery_booked {station_events} of {booked}, booking_confirmed {confirmations} of {booked}"
+    );
     Ok(())
+}
+
+async fn driver(admin: &Admin, port: u16, d: usize) -> anyhow::Result<Driver> {
+    let email = format!("driver{d}@bench.local");
+    let password = "bench-driver-password";
+    admin
+        .http
+        .post(format!("{}/api/auth/register", admin.base))
+        .json(&json!({"email": email, "password": password, "display_name": format!("Driver {d}")}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let session: Value = admin
+        .http
+        .post(format!("{}/api/auth/login", admin.base))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = session["access_token"].as_str().context("no access token")?.to_owned();
+    let stream = connect_from(d + 1, port).await?;
+    let url = format!("ws://127.0.0.1:{port}/ws/notifications/?token={token}");
+    let (mut notifications, _) = tokio_tungstenite::client_async(url, stream).await?;
+    notifications.next().await.context("closed before the greeting")??;
+    Ok(Driver { token, notifications })
+}
+
+/// Counts messages containing `marker` until the stream closes or stays quiet for 5 s.
+async fn count_until_quiet(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    marker: &'static str,
+) -> usize {
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.contains(marker) => seen += 1,
+            Ok(Some(Ok(_))) => {}
+            _ => return seen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_ours_over_theirs() {
+        assert_eq!(ratio(80.0, 100.0), "0.80");
+        assert_eq!(ratio(1.0, 0.0), "n/a");
+    }
+
+    #[test]
+    fn the_baseline_can_be_declined() {
+        assert_eq!(Target::all(Compare { no_baseline: true }), vec![Target::Swapcast]);
+        assert_eq!(
+            Target::all(Compare { no_baseline: false }),
+            vec![Target::Swapcast, Target::Baseline]
+        );
+    }
 }

@@ -12,7 +12,8 @@ pub const ADMIN_PASSWORD: &str = "bench-admin-password";
 
 pub struct BenchServer {
     child: Child,
-    dir: PathBuf,
+    /// swapcast's temporary database folder (the baseline has none).
+    dir: Option<PathBuf>,
     pub port: u16,
 }
 
@@ -45,6 +46,22 @@ impl BenchServer {
         for (name, value) in extra_env {
             command.env(name, value);
         }
+        Self::spawn(command, Some(dir))
+    }
+
+    /// Starts the reference broadcast server ([`super::baseline`]) the same way.
+    pub fn start_baseline() -> anyhow::Result<BenchServer> {
+        let exe = std::env::current_exe().context("locating the swapcast binary")?;
+        let mut command = Command::new(exe);
+        command
+            .args(["bench", "baseline-serve"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        Self::spawn(command, None)
+    }
+
+    /// Spawns `command` and waits for its `port=N` line.
+    fn spawn(mut command: Command, dir: Option<PathBuf>) -> anyhow::Result<BenchServer> {
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -71,6 +88,8 @@ impl Drop for BenchServer {
         // Best effort: the process and its temporary database are the bench's own.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -1,0 +1,85 @@
+//! The reference every result is divided by: the leanest broadcast server one would write with
+//! tokio and tungstenite — no database, no auth, no event log, no ordering or delivery guarantees,
+//! a lagging subscriber simply skips. It speaks just enough of swapcast's protocol for the
+//! workloads: a greeting and a snapshot on connect, and two messages per trigger (the
+//! `battery_added` and `inventory_update` of a real addition), broadcast to every subscriber.
+//!
+//! Triggers come over a WebSocket on `/publish` (one text message per addition) rather than
+//! REST: the baseline's trigger should cost as little as possible, so the ratio shows what
+//! swapcast's guarantees cost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// Messages a slow subscriber may fall behind before it skips.
+const BACKLOG: usize = 4096;
+
+/// Serves until killed; prints `port=N` once listening (as swapcast's own log line does).
+pub async fn serve() -> anyhow::Result<()> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    println!("baseline listening port={}", listener.local_addr()?.port());
+    let (events, _) = broadcast::channel::<Utf8Bytes>(BACKLOG);
+    let events = Arc::new(events);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, events.clone()));
+    }
+}
+
+async fn connection(stream: TcpStream, events: Arc<broadcast::Sender<Utf8Bytes>>) {
+    let mut path = String::new();
+    // The callback's error type is tungstenite's; this one never fails.
+    #[allow(clippy::result_large_err)]
+    let remember = |request: &Request, response: Response| {
+        path = request.uri().path().to_owned();
+        Ok(response)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, remember).await else {
+        return;
+    };
+    if path.starts_with("/publish") {
+        let mut k = 0u64;
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_text() {
+                k += 1;
+                let added = format!(r#"{{"type":"battery_added","station_id":1,"battery_id":{k}}}"#);
+                let inventory =
+                    format!(r#"{{"type":"inventory_update","station_id":1,"action":"add","total_batteries":{k}}}"#);
+                let _ = events.send(added.into());
+                let _ = events.send(inventory.into());
+            }
+        }
+        return;
+    }
+    let mut feed = events.subscribe();
+    let greeting = r#"{"type":"connection_established","message":"Connected to station_1","station_id":1}"#;
+    let snapshot = r#"{"type":"inventory_update","station_id":1,"action":"snapshot","total_batteries":0}"#;
+    if ws.send(Message::text(greeting)).await.is_err() || ws.send(Message::text(snapshot)).await.is_err() {
+        return;
+    }
+    let (mut sink, mut source) = ws.split();
+    loop {
+        tokio::select! {
+            event = feed.recv() => match event {
+                Ok(text) => {
+                    if sink.send(Message::Text(text)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            incoming = source.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
