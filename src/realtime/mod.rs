@@ -16,7 +16,7 @@ pub mod outbox;
 pub mod publisher;
 pub mod registry;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -42,6 +42,9 @@ pub struct Hub {
     pub node: Arc<str>,
     /// The other nodes, when there are any (`SWAPCAST_NATS_URL`).
     pub backplane: Option<Backplane>,
+    /// The newest event id this node knows to be committed: what a connecting client is told,
+    /// without a database read per handshake.
+    latest: Arc<AtomicI64>,
 }
 
 impl Hub {
@@ -51,8 +54,10 @@ impl Hub {
         let node: Arc<str> = node.into();
         let registry = StationRegistry::new(metrics.clone(), node.clone()).start();
         let directory = NotifierDirectory::new(metrics.clone()).start();
+        let latest = Arc::new(AtomicI64::new(last_event_id));
         let publisher = Publisher::new(
             last_event_id,
+            latest.clone(),
             pool,
             registry.clone(),
             directory.clone(),
@@ -66,6 +71,7 @@ impl Hub {
             metrics,
             node,
             backplane: None,
+            latest,
         }
     }
 
@@ -84,9 +90,10 @@ impl Hub {
     /// The model hook: called right after a transaction committed, from the thread that committed
     /// it, so every committed event is reported even if the request that made it was abandoned.
     pub fn publish(&self, events: Vec<Event>) {
-        if events.is_empty() {
+        let Some(newest) = events.iter().map(|e| e.id.0).max() else {
             return;
-        }
+        };
+        self.latest.fetch_max(newest, Ordering::Relaxed);
         if let Some(backplane) = &self.backplane {
             backplane.publish(events.clone());
         }
@@ -100,6 +107,12 @@ impl Hub {
         if let Some(backplane) = &self.backplane {
             backplane.user_changed(user);
         }
+    }
+
+    /// The newest event id known here to be committed (this node's commits at once, other nodes'
+    /// as they arrive).
+    pub fn latest_event_id(&self) -> i64 {
+        self.latest.load(Ordering::Relaxed)
     }
 
     pub fn next_session_id() -> SessionId {

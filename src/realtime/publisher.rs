@@ -11,6 +11,7 @@
 //! already committed one poll ago and is still not routed is read from the log.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ pub struct Publisher {
     /// Read everything committed and not yet routed at the next tick.
     read_all: bool,
     backplane_up: bool,
+    /// The hub's newest known committed id, raised by what arrives from elsewhere.
+    latest: Arc<AtomicI64>,
     pool: Pool,
     registry: Addr<StationRegistry>,
     directory: Addr<NotifierDirectory>,
@@ -60,6 +63,7 @@ impl Publisher {
     /// `last_event_id`: the newest event already committed when the process started.
     pub fn new(
         last_event_id: i64,
+        latest: Arc<AtomicI64>,
         pool: Pool,
         registry: Addr<StationRegistry>,
         directory: Addr<NotifierDirectory>,
@@ -74,6 +78,7 @@ impl Publisher {
             fetching: false,
             read_all: false,
             backplane_up: true,
+            latest,
             pool,
             registry,
             directory,
@@ -92,6 +97,9 @@ impl Publisher {
     }
 
     fn accept(&mut self, events: Vec<Event>) {
+        if let Some(newest) = events.iter().map(|e| e.id.0).max() {
+            self.latest.fetch_max(newest, Ordering::Relaxed);
+        }
         for event in events {
             if event.id.0 >= self.next {
                 self.waiting.insert(event.id.0, event);

@@ -61,7 +61,7 @@ pub async fn connect(
         .send(Connect { session, to, user })
         .await
         .map_err(|e| Error::Internal(anyhow::anyhow!("registry unavailable: {e}")))?;
-    state.read(log::latest_id).await
+    Ok(state.hub.latest_event_id())
 }
 
 /// The channels a caller is subscribed to on sign-in: their notifications, and an operator's
@@ -88,6 +88,11 @@ async fn authorize(state: &AppState, actor: Option<&Actor>, channel: Channel) ->
         }
         Channel::System => {
             policy::require_admin(actor.ok_or(Error::Unauthenticated)?)?;
+            Ok(PersonalData::Hidden)
+        }
+        Channel::Stations if actor.is_none() => {
+            // Anonymous watchers see no personal data anywhere: no need to ask the database.
+            policy::may_read_stations(actor, state.settings.public_feeds)?;
             Ok(PersonalData::Hidden)
         }
         Channel::Station(_) | Channel::Stations => {
