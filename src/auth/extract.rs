@@ -58,6 +58,10 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Actor> {
 /// A user as they are now; a user who no longer exists is an invalid token, a deactivated one is
 /// refused.
 pub async fn load_actor(state: &AppState, id: UserId) -> Result<Actor> {
+    let ticket = match state.hub.actors.get(id) {
+        Ok(actor) => return Ok(actor),
+        Err(ticket) => ticket,
+    };
     let user = state
         .read(move |conn| users::find(conn, id))
         .await?
@@ -65,11 +69,13 @@ pub async fn load_actor(state: &AppState, id: UserId) -> Result<Actor> {
     if !user.active {
         return Err(Error::AccountDisabled);
     }
-    Ok(Actor {
+    let actor = Actor {
         id,
         role: Role::from_db(&user.role)?,
         email: user.email,
-    })
+    };
+    state.hub.actors.put(actor.clone(), ticket);
+    Ok(actor)
 }
 
 /// The caller of a request: `None` when no token was sent.

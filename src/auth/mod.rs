@@ -2,6 +2,7 @@
 //! extractor, and the one authorization policy (CONTRACT §2) used by REST, WebSocket actions and
 //! subscriptions alike.
 
+pub mod actors;
 pub mod extract;
 pub mod password;
 pub mod policy;
@@ -11,8 +12,9 @@ pub mod tokens;
 use crate::domain::ids::UserId;
 use crate::domain::values::Role;
 
-/// An authenticated caller, as of this request: role and activity are read from the database,
-/// not trusted from the token, so a demotion takes effect on the very next request.
+/// An authenticated caller, as of this request: role and activity are read from the database (or
+/// [`actors`], which forgets a user the moment a change to them is announced), not trusted from
+/// the token, so a demotion takes effect on the very next request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
     pub id: UserId,

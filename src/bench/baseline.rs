@@ -4,9 +4,9 @@
 //! workloads: a greeting and a snapshot on connect, and two messages per trigger (the
 //! `battery_added` and `inventory_update` of a real addition), broadcast to every subscriber.
 //!
-//! Triggers come over a WebSocket on `/publish` (one text message per addition) rather than
-//! REST: the baseline's trigger should cost as little as possible, so the ratio shows what
-//! swapcast's guarantees cost.
+//! Triggers come over a WebSocket on `/publish` (one text message per addition, answered with
+//! `ok` once broadcast) rather than REST: the baseline's trigger should cost as little as
+//! possible, so the ratio shows what swapcast's guarantees cost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +54,10 @@ async fn connection(stream: TcpStream, events: Arc<broadcast::Sender<Utf8Bytes>>
                     format!(r#"{{"type":"inventory_update","station_id":1,"action":"add","total_batteries":{k}}}"#);
                 let _ = events.send(added.into());
                 let _ = events.send(inventory.into());
+                // The answer a REST call would give, so a trigger can wait for it as for swapcast's.
+                if ws.send(Message::text("ok")).await.is_err() {
+                    return;
+                }
             }
         }
         return;

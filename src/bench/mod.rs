@@ -191,7 +191,13 @@ impl Trigger {
                     request.await?.error_for_status()?;
                 }
             }
-            Trigger::Socket(ws) => futures_util::SinkExt::send(&mut **ws, Message::text(k.to_string())).await?,
+            Trigger::Socket(ws) => {
+                futures_util::SinkExt::send(&mut **ws, Message::text(k.to_string())).await?;
+                if !paced {
+                    // One at a time, as swapcast's REST calls are: wait for the answer.
+                    ws.next().await.context("the baseline closed its trigger")??;
+                }
+            }
         }
         Ok(())
     }

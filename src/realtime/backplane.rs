@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use super::messages::{BackplaneState, Committed, RecheckAll, RegistryStats, StatsQuery, UserChanged};
 use super::publisher::Publisher;
 use super::registry::StationRegistry;
+use crate::auth::actors::ActorCache;
 use crate::domain::ids::UserId;
 use crate::events::{Audience, Event};
 use crate::metrics::Metrics;
@@ -94,6 +95,7 @@ pub struct Local {
     pub publisher: Addr<Publisher>,
     pub registry: Addr<StationRegistry>,
     pub metrics: Arc<Metrics>,
+    pub actors: Arc<ActorCache>,
 }
 
 impl Backplane {
@@ -252,6 +254,7 @@ async fn receive_events(mut events: Subscriber, local: Arc<Local>) {
 async fn receive_users(mut users: Subscriber, local: Arc<Local>) {
     while let Some(message) = users.next().await {
         if let Some(user) = decode::<UserId>(&local.node, &message.payload) {
+            local.actors.forget(user);
             local.registry.do_send(UserChanged { user });
         }
     }

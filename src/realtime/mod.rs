@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::auth::actors::ActorCache;
 use crate::db::Pool;
 use crate::domain::ids::UserId;
 use crate::events::Event;
@@ -42,6 +43,8 @@ pub struct Hub {
     pub node: Arc<str>,
     /// The other nodes, when there are any (`SWAPCAST_NATS_URL`).
     pub backplane: Option<Backplane>,
+    /// Signed-in users as last read; [`Hub::user_changed`] forgets them.
+    pub actors: Arc<ActorCache>,
     /// The newest event id this node knows to be committed: what a connecting client is told,
     /// without a database read per handshake.
     latest: Arc<AtomicI64>,
@@ -71,6 +74,7 @@ impl Hub {
             metrics,
             node,
             backplane: None,
+            actors: Arc::default(),
             latest,
         }
     }
@@ -82,6 +86,7 @@ impl Hub {
             publisher: self.publisher.clone(),
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
+            actors: self.actors.clone(),
         };
         self.backplane = Some(Backplane::start(url, cluster, local).await?);
         Ok(())
@@ -103,6 +108,7 @@ impl Hub {
     /// An admin changed a user (role, activity): their live connections re-check what they may
     /// watch. Called right after the change committed.
     pub fn user_changed(&self, user: UserId) {
+        self.actors.forget(user);
         self.registry.do_send(UserChanged { user });
         if let Some(backplane) = &self.backplane {
             backplane.user_changed(user);
