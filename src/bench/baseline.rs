@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Messages a slow subscriber may fall behind before it skips.
@@ -41,7 +42,9 @@ async fn connection(stream: TcpStream, events: Arc<broadcast::Sender<Utf8Bytes>>
         path = request.uri().path().to_owned();
         Ok(response)
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, remember).await else {
+    // Small buffers, as a lean server would configure them (tungstenite's defaults are 128 KiB).
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, remember, Some(config)).await else {
         return;
     };
     if path.starts_with("/publish") {

@@ -487,7 +487,12 @@ async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutRe
                 let mut added = 0usize;
                 while me.received < expected {
                     let next = tokio::time::timeout(DRAIN_TIMEOUT, ws.next()).await;
-                    let Ok(Some(Ok(Message::Text(text)))) = next else { break };
+                    let text = match next {
+                        Ok(Some(Ok(Message::Text(text)))) => text,
+                        // The server's heartbeat pings (answered by the client library).
+                        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+                        _ => break,
+                    };
                     let now = Instant::now();
                     me.received += 1;
                     me.last_receipt = Some(now);
