@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::auth::{password, tokens};
 use crate::config::Settings;
+use crate::db::writer::Writer;
 use crate::db::{self, Pool};
 use crate::domain::users::{self, Registration, UserView};
 use crate::domain::values::{DisplayName, Email, Password, Role};
@@ -167,8 +168,10 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         hub.join_cluster(url, &cluster).await?;
         tracing::info!(node = &*hub.node, cluster, "joined the cluster");
     }
+    let writer = Writer::start(&settings.database_url)?;
     Ok(AppState {
         pool,
+        writer,
         settings: Arc::new(settings),
         keys: Arc::new(keys),
         hub,

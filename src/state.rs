@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
+use crate::db::writer::Writer;
 use crate::db::{self, DbConn, Pool};
 use crate::domain::{self, Change};
 use crate::error::Result;
@@ -13,6 +14,8 @@ use crate::realtime::Hub;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
+    /// SQLite's one writer thread, which every change goes through (`None` on PostgreSQL).
+    pub writer: Option<Writer>,
     pub settings: Arc<Settings>,
     pub keys: Arc<TokenKeys>,
     pub hub: Hub,
@@ -40,13 +43,16 @@ impl AppState {
         T: Send + 'static,
     {
         let hub = self.hub.clone();
-        db::run(&self.pool, move |conn| {
+        let change = move |conn: &mut DbConn| {
             let committed = domain::commit(conn, f)?;
             hub.publish(committed.events);
             then(&committed.value, &hub);
             Ok(committed.value)
-        })
-        .await
+        };
+        match &self.writer {
+            Some(writer) => writer.run(change).await,
+            None => db::run(&self.pool, change).await,
+        }
     }
 
     /// Runs a read (or a write that produces no events) off the async threads.

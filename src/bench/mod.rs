@@ -615,6 +615,10 @@ async fn bookings(args: BookingsArgs) -> anyhow::Result<()> {
         })
         .unzip();
 
+    eprintln!(
+        "bookings: {} batteries and {} drivers ready; booking",
+        args.bookings, args.drivers
+    );
     let started = Instant::now();
     let outcomes: Vec<(u16, Duration)> = futures_util::stream::iter((0..args.bookings).map(|i| {
         let (admin, token, station) = (&admin, &tokens[i % tokens.len()], stations[i % stations.len()]);

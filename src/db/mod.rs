@@ -4,6 +4,7 @@
 
 pub mod models;
 pub mod schema;
+pub mod writer;
 
 use std::time::Duration;
 
