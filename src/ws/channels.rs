@@ -49,19 +49,9 @@ pub fn close_code(error: &Error) -> (u16, String) {
 }
 
 /// Registers a new connection; returns the newest event id, for `connection_established`.
-pub async fn connect(
-    state: &AppState,
-    session: SessionId,
-    to: Recipient<ToSession>,
-    user: Option<UserId>,
-) -> Result<i64> {
-    state
-        .hub
-        .registry
-        .send(Connect { session, to, user })
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!("registry unavailable: {e}")))?;
-    Ok(state.hub.latest_event_id())
+pub fn register(state: &AppState, session: SessionId, to: Recipient<ToSession>, user: Option<UserId>) -> i64 {
+    state.hub.registry.do_send(Connect { session, to, user });
+    state.hub.latest_event_id()
 }
 
 /// The channels a caller is subscribed to on sign-in: their notifications, and an operator's

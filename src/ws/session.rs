@@ -404,30 +404,22 @@ impl Actor for WsSession {
             }
         });
         // Register, greet, then subscribe: the first message is always `connection_established`.
-        let state = self.state.clone();
-        let (session, to, user) = (self.id, ctx.address().recipient(), self.identity.as_ref().map(|a| a.id));
-        let greet = async move { channels::connect(&state, session, to, user).await };
-        ctx.spawn(actix::fut::wrap_future(greet).map(|result, this: &mut Self, ctx| {
-            let last_event_id = match result {
-                Ok(id) => id,
-                Err(e) => {
-                    let (code, reason) = channels::close_code(&e);
-                    return Self::close(ctx, CloseCode::Other(code), &reason);
-                }
-            };
-            let mut greeting = this.greeting.clone();
-            greeting["last_event_id"] = json!(last_event_id);
-            Self::reply(ctx, greeting);
-            let start = this.start;
-            match (&this.kind, this.identity.clone()) {
-                (Kind::Seed { channel }, _) => {
-                    let channel = *channel;
-                    this.join(channel, start, ctx);
-                }
-                (Kind::Multiplexed, Some(actor)) => this.sign_in(actor, start, ctx),
-                (Kind::Multiplexed, None) | (Kind::Refused { .. }, _) => {}
+        // Registering is a message the registry takes before any later one from this thread (its
+        // mailbox is first in, first out), so the greeting need not wait for it.
+        let to = ctx.address().recipient();
+        let last_event_id = channels::register(&self.state, self.id, to, self.identity.as_ref().map(|a| a.id));
+        let mut greeting = self.greeting.clone();
+        greeting["last_event_id"] = json!(last_event_id);
+        Self::reply(ctx, greeting);
+        let start = self.start;
+        match (&self.kind, self.identity.clone()) {
+            (Kind::Seed { channel }, _) => {
+                let channel = *channel;
+                self.join(channel, start, ctx);
             }
-        }));
+            (Kind::Multiplexed, Some(actor)) => self.sign_in(actor, start, ctx),
+            (Kind::Multiplexed, None) | (Kind::Refused { .. }, _) => {}
+        }
     }
 
     fn stopped(&mut self, _: &mut Ctx) {
