@@ -24,6 +24,11 @@ pub enum ToSession {
         event_id: i64,
         text: ByteString,
     },
+    /// Several live events on a channel, in order: one commit's, handed over in one message.
+    Events {
+        channel: Channel,
+        items: Vec<(i64, ByteString)>,
+    },
     /// What a channel needs before its live events: a snapshot (no ids) or replayed events (ids), in order.
     Catchup {
         channel: Channel,
@@ -180,6 +185,12 @@ pub struct RecheckAll;
 pub struct BackplaneState {
     pub up: bool,
 }
+
+/// Station events routed together (those one drain of the publisher found in order, usually
+/// one commit's), rendered, on their way to the registry: each watcher gets them in one message.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PublishStations(pub Vec<Arc<Rendered>>);
 
 /// One event, rendered, on its way to the registry or a notifier.
 #[derive(Message, Clone)]

@@ -21,7 +21,7 @@ use super::directory::NotifierDirectory;
 use super::messages::*;
 use super::registry::StationRegistry;
 use crate::db::{self, Pool};
-use crate::events::wire::render;
+use crate::events::wire::{render, Rendered};
 use crate::events::{log, Audience, Event};
 use crate::metrics::Metrics;
 
@@ -86,12 +86,12 @@ impl Publisher {
         }
     }
 
-    fn route(&mut self, event: Event) {
+    fn route(&mut self, event: Event, stations: &mut Vec<Arc<Rendered>>) {
         self.metrics.count_event();
-        let rendered = Publish(Arc::new(render(&event)));
+        let rendered = Arc::new(render(&event));
         match event.audience {
-            Audience::Station(_) => self.registry.do_send(rendered),
-            Audience::User(_) => self.directory.do_send(rendered),
+            Audience::Station(_) => stations.push(rendered),
+            Audience::User(_) => self.directory.do_send(Publish(rendered)),
         }
         self.next = event.id.0 + 1;
     }
@@ -110,8 +110,12 @@ impl Publisher {
 
     fn drain(&mut self) {
         let before = self.next;
+        let mut stations = Vec::new();
         while let Some(event) = self.waiting.remove(&self.next) {
-            self.route(event);
+            self.route(event, &mut stations);
+        }
+        if !stations.is_empty() {
+            self.registry.do_send(PublishStations(stations));
         }
         self.stalled_since = match (self.waiting.is_empty(), self.stalled_since) {
             (true, _) => None,

@@ -15,6 +15,7 @@ use super::outbox::{deliver, Delivery};
 use crate::clock::{iso, now_ms};
 use crate::domain::ids::{StationId, UserId};
 use crate::events::wire::tagged;
+use crate::events::wire::Rendered;
 use crate::events::Audience;
 use crate::metrics::Metrics;
 use serde_json::json;
@@ -121,28 +122,38 @@ impl StationRegistry {
     }
 
     /// Sends a message to every watcher of a channel, dropping those that overflowed or left.
-    fn fan_out(&mut self, channel: Channel, mut text_for: impl FnMut(&Watch) -> (i64, ByteString)) {
+    /// Hands each watcher of `channel` its events (one message, however many), dropping those
+    /// that do not keep up.
+    fn fan_out(&mut self, channel: Channel, mut items_for: impl FnMut(&Watch) -> Vec<(i64, ByteString)>) {
         let Some(watchers) = self.watchers.get(&channel) else {
             return;
         };
         let mut dropped = Vec::new();
+        let mut delivered = 0;
         for (session, watch) in watchers {
             let Some(connection) = self.connections.get(session) else {
                 continue;
             };
-            let (event_id, text) = text_for(watch);
-            match deliver(
-                &connection.to,
-                ToSession::Event {
-                    channel,
-                    event_id,
-                    text,
-                },
-            ) {
-                Delivery::Queued => self.metrics.count_delivery(),
+            let mut items = items_for(watch);
+            let count = items.len() as u64;
+            let message = match items.len() {
+                0 => continue,
+                1 => {
+                    let (event_id, text) = items.remove(0);
+                    ToSession::Event {
+                        channel,
+                        event_id,
+                        text,
+                    }
+                }
+                _ => ToSession::Events { channel, items },
+            };
+            match deliver(&connection.to, message) {
+                Delivery::Queued => delivered += count,
                 Delivery::Drop => dropped.push(*session),
             }
         }
+        self.metrics.deliveries.inc_by(delivered);
         for session in dropped {
             self.forget(session);
         }
@@ -204,34 +215,54 @@ impl Handler<Unsubscribe> for StationRegistry {
     }
 }
 
-impl Handler<Publish> for StationRegistry {
+impl Handler<PublishStations> for StationRegistry {
     type Result = ();
 
-    fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) {
-        let Audience::Station(station) = event.audience else {
-            return;
+    fn handle(&mut self, PublishStations(events): PublishStations, _: &mut Context<Self>) {
+        let station_of = |event: &Rendered| match event.audience {
+            Audience::Station(station) => Some(station),
+            Audience::User(_) => None,
         };
-        for channel in [Channel::Station(station), Channel::Stations] {
+        let mut channels = vec![Channel::Stations];
+        for station in events.iter().filter_map(|e| station_of(e)) {
+            if !channels.contains(&Channel::Station(station)) {
+                channels.push(Channel::Station(station));
+            }
+        }
+        for channel in channels {
+            let mine: Vec<(&Rendered, StationId)> = events
+                .iter()
+                .filter_map(|e| Some((&**e, station_of(e)?)))
+                .filter(|(_, station)| channel == Channel::Stations || channel == Channel::Station(*station))
+                .collect();
             let name = channel.name();
-            // Rendered forms, made on first need: [public, private] × [plain, tagged].
-            let mut forms: [[Option<ByteString>; 2]; 2] = Default::default();
+            // Rendered forms, made on first need, per event: [public, private] × [plain, tagged].
+            let mut forms: Vec<[[Option<ByteString>; 2]; 2]> = vec![Default::default(); mine.len()];
             self.fan_out(channel, |watch| {
-                let shown = watch.personal.shown_for(station);
-                let slot = &mut forms[usize::from(shown)][usize::from(watch.tagged)];
-                let text = slot.get_or_insert_with(|| {
-                    let plain = event.for_viewer(shown);
-                    if watch.tagged {
-                        tagged(plain, &name)
-                    } else {
-                        plain.clone()
-                    }
-                });
-                (event.event_id, text.clone())
+                mine.iter()
+                    .zip(forms.iter_mut())
+                    .map(|((event, station), forms)| {
+                        let shown = watch.personal.shown_for(*station);
+                        let slot = &mut forms[usize::from(shown)][usize::from(watch.tagged)];
+                        let text = slot.get_or_insert_with(|| {
+                            let plain = event.for_viewer(shown);
+                            if watch.tagged {
+                                tagged(plain, &name)
+                            } else {
+                                plain.clone()
+                            }
+                        });
+                        (event.event_id, text.clone())
+                    })
+                    .collect()
             });
         }
-        self.metrics
-            .deliver_latency
-            .observe(now_ms().saturating_sub(event.at) as f64 / 1000.0);
+        let now = now_ms();
+        for event in &events {
+            self.metrics
+                .deliver_latency
+                .observe(now.saturating_sub(event.at) as f64 / 1000.0);
+        }
     }
 }
 

@@ -189,6 +189,22 @@ impl WsSession {
         }
     }
 
+    /// Live events of a channel: sent, or held while the channel catches up (a session that would
+    /// hold more than its send queue is a slow consumer).
+    fn live(&mut self, channel: Channel, items: impl IntoIterator<Item = (i64, ByteString)>, ctx: &mut Ctx) {
+        let cap = self.limits.send_queue;
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        for (event_id, text) in items {
+            match &mut state.held {
+                Some(held) if held.len() >= cap => return self.overflowed(ctx),
+                Some(held) => held.push((event_id, text)),
+                None => Self::send_event(state, event_id, &text, ctx),
+            }
+        }
+    }
+
     fn send_event(state: &mut ChannelState, event_id: i64, text: &ByteString, ctx: &mut Ctx) {
         if event_id > state.last_sent {
             state.last_sent = event_id;
@@ -451,26 +467,8 @@ impl Handler<ToSession> for WsSession {
                 channel,
                 event_id,
                 text,
-            } => {
-                let cap = self.limits.send_queue;
-                let Some(state) = self.channels.get_mut(&channel) else {
-                    return;
-                };
-                let overflow = match &mut state.held {
-                    Some(held) if held.len() >= cap => true,
-                    Some(held) => {
-                        held.push((event_id, text));
-                        false
-                    }
-                    None => {
-                        Self::send_event(state, event_id, &text, ctx);
-                        false
-                    }
-                };
-                if overflow {
-                    self.overflowed(ctx);
-                }
-            }
+            } => self.live(channel, [(event_id, text)], ctx),
+            ToSession::Events { channel, items } => self.live(channel, items, ctx),
             ToSession::Catchup { channel, items } => {
                 let Some(state) = self.channels.get_mut(&channel) else {
                     return;
