@@ -192,7 +192,7 @@ pub struct BackplaneState {
 #[rtype(result = "()")]
 pub struct PublishStations(pub Vec<Arc<Rendered>>);
 
-/// One event, rendered, on its way to the registry or a notifier.
+/// One personal event, rendered, on its way to the notifier directory or a notifier.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Publish(pub Arc<Rendered>);

@@ -121,12 +121,30 @@ impl StationRegistry {
         }
     }
 
-    /// Sends a message to every watcher of a channel, dropping those that overflowed or left.
-    /// Hands each watcher of `channel` its events (one message, however many), dropping those
-    /// that do not keep up.
-    fn fan_out(&mut self, channel: Channel, mut items_for: impl FnMut(&Watch) -> Vec<(i64, ByteString)>) {
+    /// Hands each watcher of `channel` its forms of `events` in one message, dropping those that
+    /// do not keep up. Each form is made once, on first need: per event, [public, private] ×
+    /// [plain, tagged].
+    fn fan_out(&mut self, channel: Channel, events: &[(&Rendered, StationId)]) {
         let Some(watchers) = self.watchers.get(&channel) else {
             return;
+        };
+        if events.is_empty() {
+            return;
+        }
+        let name = channel.name();
+        let mut forms: Vec<[[Option<ByteString>; 2]; 2]> = vec![Default::default(); events.len()];
+        let mut form = |i: usize, watch: &Watch| {
+            let (event, station) = events[i];
+            let shown = watch.personal.shown_for(station);
+            let text = forms[i][usize::from(shown)][usize::from(watch.tagged)].get_or_insert_with(|| {
+                let plain = event.for_viewer(shown);
+                if watch.tagged {
+                    tagged(plain, &name)
+                } else {
+                    plain.clone()
+                }
+            });
+            (event.event_id, text.clone())
         };
         let mut dropped = Vec::new();
         let mut delivered = 0;
@@ -134,22 +152,20 @@ impl StationRegistry {
             let Some(connection) = self.connections.get(session) else {
                 continue;
             };
-            let mut items = items_for(watch);
-            let count = items.len() as u64;
-            let message = match items.len() {
-                0 => continue,
-                1 => {
-                    let (event_id, text) = items.remove(0);
-                    ToSession::Event {
-                        channel,
-                        event_id,
-                        text,
-                    }
+            // One event (the common case) needs no list.
+            let message = if events.len() == 1 {
+                let (event_id, text) = form(0, watch);
+                ToSession::Event {
+                    channel,
+                    event_id,
+                    text,
                 }
-                _ => ToSession::Events { channel, items },
+            } else {
+                let items = (0..events.len()).map(|i| form(i, watch)).collect();
+                ToSession::Events { channel, items }
             };
             match deliver(&connection.to, message) {
-                Delivery::Queued => delivered += count,
+                Delivery::Queued => delivered += events.len() as u64,
                 Delivery::Drop => dropped.push(*session),
             }
         }
@@ -219,43 +235,20 @@ impl Handler<PublishStations> for StationRegistry {
     type Result = ();
 
     fn handle(&mut self, PublishStations(events): PublishStations, _: &mut Context<Self>) {
-        let station_of = |event: &Rendered| match event.audience {
-            Audience::Station(station) => Some(station),
-            Audience::User(_) => None,
-        };
-        let mut channels = vec![Channel::Stations];
-        for station in events.iter().filter_map(|e| station_of(e)) {
-            if !channels.contains(&Channel::Station(station)) {
-                channels.push(Channel::Station(station));
-            }
-        }
-        for channel in channels {
-            let mine: Vec<(&Rendered, StationId)> = events
-                .iter()
-                .filter_map(|e| Some((&**e, station_of(e)?)))
-                .filter(|(_, station)| channel == Channel::Stations || channel == Channel::Station(*station))
-                .collect();
-            let name = channel.name();
-            // Rendered forms, made on first need, per event: [public, private] × [plain, tagged].
-            let mut forms: Vec<[[Option<ByteString>; 2]; 2]> = vec![Default::default(); mine.len()];
-            self.fan_out(channel, |watch| {
-                mine.iter()
-                    .zip(forms.iter_mut())
-                    .map(|((event, station), forms)| {
-                        let shown = watch.personal.shown_for(*station);
-                        let slot = &mut forms[usize::from(shown)][usize::from(watch.tagged)];
-                        let text = slot.get_or_insert_with(|| {
-                            let plain = event.for_viewer(shown);
-                            if watch.tagged {
-                                tagged(plain, &name)
-                            } else {
-                                plain.clone()
-                            }
-                        });
-                        (event.event_id, text.clone())
-                    })
-                    .collect()
-            });
+        let stationed: Vec<(&Rendered, StationId)> = events
+            .iter()
+            .filter_map(|e| match e.audience {
+                Audience::Station(station) => Some((&**e, station)),
+                Audience::User(_) => None,
+            })
+            .collect();
+        self.fan_out(Channel::Stations, &stationed);
+        let mut stations: Vec<StationId> = stationed.iter().map(|(_, station)| *station).collect();
+        stations.sort_unstable();
+        stations.dedup();
+        for station in stations {
+            let mine: Vec<_> = stationed.iter().copied().filter(|(_, s)| *s == station).collect();
+            self.fan_out(Channel::Station(station), &mine);
         }
         let now = now_ms();
         for event in &events {
