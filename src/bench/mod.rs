@@ -302,13 +302,7 @@ async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = rss_kib(server.pid())?;
-        let mut held = Vec::with_capacity(args.connections);
-        let mut pending = futures_util::stream::iter((0..args.connections).map(|i| subscribe(server.port, station, i)))
-            .buffer_unordered(CONNECT_CONCURRENCY);
-        while let Some(socket) = pending.next().await {
-            held.push(socket?);
-        }
-        drop(pending);
+        let held = subscribe_many(server.port, station, args.connections).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_kib(server.pid())?;
         let kib = (after.saturating_sub(before)) as f64 / args.connections as f64;
@@ -401,6 +395,20 @@ async fn subscribe(
     Ok(ws)
 }
 
+/// Opens `n` subscribers of `station`, [`CONNECT_CONCURRENCY`] at a time.
+async fn subscribe_many(
+    port: u16,
+    station: i64,
+    n: usize,
+) -> anyhow::Result<Vec<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>> {
+    futures_util::stream::iter((0..n).map(|i| subscribe(port, station, i)))
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// One target's fan-out.
 struct FanoutResult {
     received: usize,
@@ -464,13 +472,7 @@ async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutRe
     let server = target.start(&[("SWAPCAST_RATE_LIMIT", "1000".into())])?;
     let (station, mut trigger) = target.station(&server, "Bench Station").await?;
 
-    let mut sockets = Vec::with_capacity(args.subscribers);
-    let mut pending = futures_util::stream::iter((0..args.subscribers).map(|i| subscribe(server.port, station, i)))
-        .buffer_unordered(CONNECT_CONCURRENCY);
-    while let Some(socket) = pending.next().await {
-        sockets.push(socket?);
-    }
-    drop(pending);
+    let sockets = subscribe_many(server.port, station, args.subscribers).await?;
 
     let sent_at: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::with_capacity(args.events)));
     let expected = args.events * 2;

@@ -18,8 +18,20 @@ pub trait Router {
         Args: FromRequest + 'static,
         F::Output: Responder + 'static;
 
+    /// The path prefix routes are declared under now.
+    fn prefix(&mut self) -> &mut String;
+
     /// Declares `routes` under a common path prefix (`/api`).
-    fn scope(&mut self, prefix: &str, routes: impl FnOnce(&mut Self)) -> &mut Self;
+    fn scope(&mut self, prefix: &str, routes: impl FnOnce(&mut Self)) -> &mut Self
+    where
+        Self: Sized,
+    {
+        let outer = self.prefix().len();
+        self.prefix().push_str(prefix);
+        routes(self);
+        self.prefix().truncate(outer);
+        self
+    }
 }
 
 /// Registers routes on an actix-web app. A prefix is written into each path rather than made an
@@ -51,12 +63,8 @@ impl Router for Served<'_> {
         self
     }
 
-    fn scope(&mut self, prefix: &str, routes: impl FnOnce(&mut Self)) -> &mut Self {
-        let outer = self.prefix.len();
-        self.prefix.push_str(prefix);
-        routes(self);
-        self.prefix.truncate(outer);
-        self
+    fn prefix(&mut self) -> &mut String {
+        &mut self.prefix
     }
 }
 
@@ -88,12 +96,8 @@ impl Router for Recorder {
         self
     }
 
-    fn scope(&mut self, prefix: &str, routes: impl FnOnce(&mut Self)) -> &mut Self {
-        let outer = self.prefix.len();
-        self.prefix.push_str(prefix);
-        routes(self);
-        self.prefix.truncate(outer);
-        self
+    fn prefix(&mut self) -> &mut String {
+        &mut self.prefix
     }
 }
 

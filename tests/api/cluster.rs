@@ -469,16 +469,7 @@ async fn driver(server: &ChildServer, i: usize) -> (String, String) {
         .await
         .unwrap();
     assert_eq!(registered.status(), 201);
-    let login: Value = http
-        .post(format!("{address}/api/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (address, login["access_token"].as_str().unwrap().to_owned())
+    (address, ChildAdmin::sign_in(server, &email).await.token)
 }
 
 #[actix_web::test]

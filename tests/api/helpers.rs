@@ -424,7 +424,7 @@ pub fn create_admin_cli(database_url: &str, email: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// An admin signed in to a [`ChildServer`] (made first with [`create_admin_cli`]).
+/// A user signed in to a [`ChildServer`]: usually the admin made with [`create_admin_cli`].
 pub struct ChildAdmin {
     pub http: reqwest::Client,
     pub address: String,
