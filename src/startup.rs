@@ -4,9 +4,11 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_http::HttpService;
+use actix_service::map_config;
+use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::{from_fn, NormalizePath};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use anyhow::Context;
 
 use crate::auth::{password, tokens};
@@ -46,26 +48,34 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", state.settings.bind))?;
         let port = listener.local_addr()?.port();
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(data.clone())
                 .wrap(NormalizePath::trim())
                 .wrap(from_fn(http::request_log::trace_requests))
                 .configure(ws::configure)
                 .configure(http::configure)
-        })
-        .on_connect(|connection, _| {
-            if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(SOCKET_SEND_BUFFER) {
-                    tracing::debug!(error = %e, "cannot size the send buffer; keeping the kernel's");
-                }
-            }
-        })
-        // Signals are handled in `run_until_stopped`, which first closes every WebSocket with 1001.
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-        .listen(listener)?
-        .run();
+        };
+        // Assembled from actix-web's parts (as `HttpServer` does) to add the upgrade service:
+        // WebSocket sessions own their connections rather than living inside an HTTP dispatcher.
+        let local = listener.local_addr()?;
+        let server = Server::build()
+            // Signals are handled in `run_until_stopped`, which first closes every WebSocket with 1001.
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+            .listen("swapcast", listener, move || {
+                HttpService::build()
+                    .local_addr(local)
+                    .on_connect_ext(|stream: &actix_web::rt::net::TcpStream, _: &mut _| {
+                        if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(SOCKET_SEND_BUFFER) {
+                            tracing::debug!(error = %e, "cannot size the send buffer; keeping the kernel's");
+                        }
+                    })
+                    .upgrade(ws::upgrade::service(app.clone()))
+                    .finish(map_config(app(), |_| AppConfig::default()))
+                    .tcp()
+            })?
+            .run();
         let hub = state.hub.clone();
         sweeper::spawn(state);
         tracing::info!(port, "swapcast is serving");

@@ -1,6 +1,9 @@
 //! Events as WebSocket text: seed 001's message plus `event_id` and `timestamp`, rendered once per
-//! audience and shared by every recipient (a `ByteString` clone is a reference-count bump).
+//! audience and encoded once as a frame shared by every recipient (a clone is a reference-count
+//! bump, a send is one write of the same bytes).
 
+use actix_http::ws::{OpCode, Parser};
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::{json, Map, Value};
 
@@ -87,6 +90,35 @@ pub fn text(value: &Value) -> ByteString {
     ByteString::from(value.to_string())
 }
 
+/// A server message encoded as a complete WebSocket text frame. Frames from a server are not
+/// masked, so the same bytes are right for every socket: fan-out writes them as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    pub fn text(text: &str) -> Frame {
+        // At most 10 bytes of header for an unmasked frame.
+        let mut buf = BytesMut::with_capacity(text.len() + 10);
+        Parser::write_message(&mut buf, text, OpCode::Text, true, false);
+        Frame(buf.freeze())
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The message the frame carries (for tests that read what a session was handed).
+    #[cfg(test)]
+    pub fn payload(&self) -> &str {
+        let header = match self.0[1] & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        std::str::from_utf8(&self.0[header..]).expect("frames are made from text")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +170,20 @@ mod tests {
         let rendered = render(&event);
         assert!(rendered.private.is_none());
         assert_eq!(rendered.for_viewer(true), &rendered.public);
+    }
+
+    #[test]
+    fn a_frame_is_the_text_behind_a_header_a_client_parses() {
+        for len in [0usize, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let text = "x".repeat(len);
+            let frame = Frame::text(&text);
+            assert_eq!(frame.payload(), text);
+            let mut wire = BytesMut::from(&frame.bytes()[..]);
+            let (fin, opcode, payload) = Parser::parse(&mut wire, false, usize::MAX).unwrap().unwrap();
+            assert!(fin);
+            assert_eq!(opcode, OpCode::Text);
+            assert_eq!(payload.map(|p| p.len()).unwrap_or(0), len);
+            assert!(wire.is_empty(), "one frame, nothing after it");
+        }
     }
 }

@@ -5,10 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use bytestring::ByteString;
 
 use crate::domain::ids::{StationId, UserId};
-use crate::events::wire::Rendered;
+use crate::events::wire::{Frame, Rendered};
 use crate::events::Event;
 
 /// Identifies one WebSocket connection for as long as the process runs.
@@ -22,23 +21,20 @@ pub enum ToSession {
     Event {
         channel: Channel,
         event_id: i64,
-        text: ByteString,
+        frame: Frame,
     },
     /// Several live events on a channel, in order: one commit's, handed over in one message.
-    Events {
-        channel: Channel,
-        items: Vec<(i64, ByteString)>,
-    },
+    Events { channel: Channel, items: Vec<(i64, Frame)> },
     /// What a channel needs before its live events: a snapshot (no ids) or replayed events (ids), in order.
     Catchup {
         channel: Channel,
-        items: Vec<(Option<i64>, ByteString)>,
+        items: Vec<(Option<i64>, Frame)>,
     },
     /// The channel is caught up through `position`: flush the live events held meanwhile that are newer.
     GoLive { channel: Channel, position: i64 },
     /// A message on a channel that is not an event (a `system_metrics` sample): sent if the
     /// channel is live, never held or replayed.
-    Sample { channel: Channel, text: ByteString },
+    Sample { channel: Channel, frame: Frame },
     /// The connected user changed (role, activity): check every subscription again.
     Recheck,
     /// The user as they now are; later requests act as this.

@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use bytestring::ByteString;
 
 use super::messages::*;
 use super::outbox::{deliver, Delivery};
-use crate::events::wire;
+use crate::events::wire::{self, Frame};
 use crate::metrics::Metrics;
 
 pub struct Notifier {
@@ -54,21 +53,23 @@ impl Handler<Publish> for Notifier {
         let channel = Channel::Notifications;
         let metrics = &self.metrics;
         // Made on first need, once per event, shared by every tagged session.
-        let mut tagged_form: Option<ByteString> = None;
+        let mut forms: [Option<Frame>; 2] = Default::default();
         self.sessions.retain(|_, (to, tagged)| {
-            let text = if *tagged {
-                tagged_form
-                    .get_or_insert_with(|| wire::tagged(&event.public, &channel.name()))
-                    .clone()
-            } else {
-                event.public.clone()
-            };
+            let frame = forms[usize::from(*tagged)]
+                .get_or_insert_with(|| {
+                    if *tagged {
+                        Frame::text(&wire::tagged(&event.public, &channel.name()))
+                    } else {
+                        Frame::text(&event.public)
+                    }
+                })
+                .clone();
             let queued = deliver(
                 to,
                 ToSession::Event {
                     channel,
                     event_id: event.event_id,
-                    text,
+                    frame,
                 },
             ) == Delivery::Queued;
             if queued {

@@ -8,14 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytestring::ByteString;
 
 use super::messages::*;
 use super::outbox::{deliver, Delivery};
 use crate::clock::{iso, now_ms};
 use crate::domain::ids::{StationId, UserId};
-use crate::events::wire::tagged;
-use crate::events::wire::Rendered;
+use crate::events::wire::{tagged, Frame, Rendered};
 use crate::events::Audience;
 use crate::metrics::Metrics;
 use serde_json::json;
@@ -70,7 +68,7 @@ impl StationRegistry {
         let Some(watchers) = self.watchers.get(&Channel::System) else {
             return;
         };
-        let text = tagged(
+        let frame = Frame::text(&tagged(
             &json!({
                 "type": "system_metrics",
                 "connections": self.connections.len(),
@@ -82,12 +80,12 @@ impl StationRegistry {
             })
             .to_string(),
             &Channel::System.name(),
-        );
+        ));
         for session in watchers.keys() {
             if let Some(connection) = self.connections.get(session) {
                 connection.to.do_send(ToSession::Sample {
                     channel: Channel::System,
-                    text: text.clone(),
+                    frame: frame.clone(),
                 });
             }
         }
@@ -132,19 +130,19 @@ impl StationRegistry {
             return;
         }
         let name = channel.name();
-        let mut forms: Vec<[[Option<ByteString>; 2]; 2]> = vec![Default::default(); events.len()];
+        let mut forms: Vec<[[Option<Frame>; 2]; 2]> = vec![Default::default(); events.len()];
         let mut form = |i: usize, watch: &Watch| {
             let (event, station) = events[i];
             let shown = watch.personal.shown_for(station);
-            let text = forms[i][usize::from(shown)][usize::from(watch.tagged)].get_or_insert_with(|| {
+            let frame = forms[i][usize::from(shown)][usize::from(watch.tagged)].get_or_insert_with(|| {
                 let plain = event.for_viewer(shown);
                 if watch.tagged {
-                    tagged(plain, &name)
+                    Frame::text(&tagged(plain, &name))
                 } else {
-                    plain.clone()
+                    Frame::text(plain)
                 }
             });
-            (event.event_id, text.clone())
+            (event.event_id, frame.clone())
         };
         let mut dropped = Vec::new();
         let mut delivered = 0;
@@ -154,11 +152,11 @@ impl StationRegistry {
             };
             // One event (the common case) needs no list.
             let message = if events.len() == 1 {
-                let (event_id, text) = form(0, watch);
+                let (event_id, frame) = form(0, watch);
                 ToSession::Event {
                     channel,
                     event_id,
-                    text,
+                    frame,
                 }
             } else {
                 let items = (0..events.len()).map(|i| form(i, watch)).collect();

@@ -18,7 +18,8 @@ use crate::db;
 use crate::domain::ids::{StationId, UserId};
 use crate::domain::stations;
 use crate::error::{Error, Result};
-use crate::events::{log, wire, Audience};
+use crate::events::wire::{self, Frame};
+use crate::events::{log, Audience};
 use crate::realtime::messages::{Channel, Connect, Join, PersonalData, SessionId, Subscribe, ToSession};
 use crate::state::AppState;
 
@@ -182,10 +183,13 @@ async fn catch_up(
     // A session that went away meanwhile refuses messages; there is nobody left to catch up.
     let gone = |_| Error::Internal(anyhow::anyhow!("session gone"));
     let name = channel.name();
-    let form = |text: ByteString| if tagged { wire::tagged(&text, &name) } else { text };
+    let form = |text: ByteString| Frame::text(if tagged { wire::tagged(&text, &name) } else { text }.as_ref());
     let mut items = Vec::new();
     if tagged {
-        items.push((None, wire::text(&json!({"type": "subscribed", "channel": name}))));
+        items.push((
+            None,
+            Frame::text(&wire::text(&json!({"type": "subscribed", "channel": name}))),
+        ));
     }
     let feed = feed_of(channel, actor);
     let resumable = match (start, feed) {

@@ -3,10 +3,11 @@
 //! `/ws`, one connection for many channels with in-band authentication and requests.
 //!
 //! The upgrade always succeeds; a caller who may not connect learns why from the close code sent
-//! right after it (browsers cannot read an HTTP refusal of a WebSocket). This module is the only
-//! user of `actix-web-actors`.
+//! right after it (browsers cannot read an HTTP refusal of a WebSocket).
 //!
+//! - [`upgrade`]  the hand-over of the connection from HTTP to its session
 //! - [`session`]  the `WsSession` actor
+//! - [`socket`]   the session's connection: frames in, shared frames out
 //! - [`channels`] joining a channel: authorization, registration, catch-up
 //! - [`actions`]  requests over `/ws`
 //! - [`inbound`]  fragments, rate limits
@@ -15,12 +16,13 @@ mod actions;
 mod channels;
 mod inbound;
 mod session;
+mod socket;
+pub mod upgrade;
 
 use std::collections::HashMap;
 
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws::WsResponseBuilder;
 use serde_json::{json, Value};
 
 use crate::auth::extract::{authenticate, find_token, TokenSource};
@@ -31,7 +33,8 @@ use crate::realtime::messages::Channel;
 use crate::realtime::Hub;
 use crate::state::AppState;
 use channels::Start;
-use session::{close, Kind, Limits, WsSession};
+use session::{close, Kind, Limits, Opening};
+use upgrade::Handover;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes(&mut Served::new(cfg));
@@ -51,48 +54,32 @@ pub fn ws_routes() -> Vec<(Method, String)> {
     Recorder::record(routes)
 }
 
-async fn all_stations(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    stream: web::Payload,
-) -> actix_web::Result<HttpResponse> {
-    open(state, req, stream, Some(Channel::Stations)).await
+async fn all_stations(state: web::Data<AppState>, req: HttpRequest) -> actix_web::Result<HttpResponse> {
+    open(state, req, Some(Channel::Stations)).await
 }
 
 async fn one_station(
     state: web::Data<AppState>,
     req: HttpRequest,
-    stream: web::Payload,
     id: web::Path<String>,
 ) -> actix_web::Result<HttpResponse> {
     // A malformed id names no station: 4004 after the upgrade, like an unknown one.
     let station = id.parse::<i64>().map(StationId).unwrap_or(StationId(-1));
-    open(state, req, stream, Some(Channel::Station(station))).await
+    open(state, req, Some(Channel::Station(station))).await
 }
 
-async fn notifications(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    stream: web::Payload,
-) -> actix_web::Result<HttpResponse> {
-    open(state, req, stream, Some(Channel::Notifications)).await
+async fn notifications(state: web::Data<AppState>, req: HttpRequest) -> actix_web::Result<HttpResponse> {
+    open(state, req, Some(Channel::Notifications)).await
 }
 
-async fn multiplexed(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    stream: web::Payload,
-) -> actix_web::Result<HttpResponse> {
-    open(state, req, stream, None).await
+async fn multiplexed(state: web::Data<AppState>, req: HttpRequest) -> actix_web::Result<HttpResponse> {
+    open(state, req, None).await
 }
 
 /// Opens a session: a seed endpoint with its one channel, or `/ws` (`None`).
-async fn open(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    stream: web::Payload,
-    seed: Option<Channel>,
-) -> actix_web::Result<HttpResponse> {
+async fn open(state: web::Data<AppState>, req: HttpRequest, seed: Option<Channel>) -> actix_web::Result<HttpResponse> {
+    // Not a WebSocket handshake: refused here, before anyone is authenticated.
+    let mut response = HttpResponse::from(actix_http::ws::handshake(req.head())?.finish()).map_into_boxed_body();
     let settings = &state.settings;
     let limits = Limits {
         heartbeat: std::time::Duration::from_secs(settings.heartbeat.max(1)),
@@ -108,18 +95,19 @@ async fn open(
         },
     };
     let greeting = greeting(seed, identity.as_ref());
-    let session = WsSession::new(
-        Hub::next_session_id(),
-        state.clone().into_inner(),
+    let opening = Opening {
+        id: Hub::next_session_id(),
+        state: state.clone().into_inner(),
         kind,
         greeting,
         identity,
         limits,
-        start_of(&req),
-    );
-    WsResponseBuilder::new(session, &req, stream)
-        .frame_size(settings.max_frame)
-        .start()
+        start: start_of(&req),
+    };
+    response
+        .extensions_mut()
+        .insert(Handover::new(move |io, already_read| opening.start(io, already_read)));
+    Ok(response)
 }
 
 /// `connection_established`, less `last_event_id` (added once the session is registered).

@@ -1,7 +1,7 @@
-//! The `WsSession` actor: one per WebSocket connection. It speaks the protocol (heartbeat, close
-//! handshake, fragments, size and rate limits) and keeps each channel's stream in order: live
-//! events are held while the channel catches up (a snapshot or a replay from the log), and no
-//! event is sent twice. Work that needs the database (checking a token, joining a channel, an
+//! The `WsSession` actor: one per WebSocket connection, owning its socket. It speaks the protocol
+//! (heartbeat, close handshake, fragments, size and rate limits) and keeps each channel's stream in
+//! order: live events are held while the channel catches up (a snapshot or a replay from the log),
+//! and no event is sent twice. Work that needs the database (checking a token, joining a channel, an
 //! action) runs in tasks from [`super::channels`] and [`super::actions`]; the session only routes.
 
 use std::collections::HashMap;
@@ -9,23 +9,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
-use bytestring::ByteString;
+use actix_http::ws::{CloseCode, CloseReason, Frame as WsFrame, OpCode, ProtocolError};
+use actix_web::rt::net::TcpStream;
+use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::actions;
 use super::channels::{self, Start};
 use super::inbound::{RateLimiter, Reassembled, Reassembly, Verdict};
+use super::socket::{self, Flushed, Socket};
 use crate::auth::extract::authenticate;
 use crate::auth::Actor as Identity;
 use crate::clock::{iso, now_ms};
 use crate::error::Error;
-use crate::events::wire::text;
+use crate::events::wire::{text, Frame};
 use crate::realtime::messages::{Channel, Disconnect, Leave, SessionId, ToSession, Unsubscribe};
 use crate::state::AppState;
 
 /// A peer silent for this many heartbeats is dropped.
 const MISSED_HEARTBEATS: u32 = 3;
+/// How long a closing session waits for its Close frame to go out and the client to hang up.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Close codes of the contract (§3, §4.4) beyond RFC 6455's named ones.
 pub mod close {
@@ -58,7 +62,7 @@ pub enum Kind {
 
 struct ChannelState {
     /// `Some` while catching up: the live events that arrived meanwhile.
-    held: Option<Vec<(i64, ByteString)>>,
+    held: Option<Vec<(i64, Frame)>>,
     /// The newest event id sent on this channel.
     last_sent: i64,
 }
@@ -77,20 +81,53 @@ pub struct WsSession {
     limiter: RateLimiter,
     /// Where the first channels start (`?last_event_id=`).
     start: Start,
+    socket: Socket,
+    /// Waiting for the kernel to take more of the queue.
+    blocked: bool,
+    /// A Close frame is queued: nothing else is sent, and what the client sends is ignored.
+    closing: bool,
+    /// The Close frame is written and FIN sent.
+    close_sent: bool,
+    /// The client's side has ended.
+    peer_gone: bool,
 }
 
-type Ctx = ws::WebsocketContext<WsSession>;
+type Ctx = Context<WsSession>;
+
+/// What a session is made of before it has a socket: the handshake decides it, the upgrade hands
+/// over the connection.
+pub struct Opening {
+    pub id: SessionId,
+    pub state: Arc<AppState>,
+    pub kind: Kind,
+    pub greeting: Value,
+    pub identity: Option<Identity>,
+    pub limits: Limits,
+    pub start: Start,
+}
+
+impl Opening {
+    /// Starts the session on this worker, on the connection the upgrade handed over.
+    pub fn start(self, io: TcpStream, already_read: BytesMut) {
+        let (socket, inbound) = Socket::split(io, already_read, self.limits.max_message);
+        WsSession::create(move |ctx| {
+            ctx.add_stream(inbound);
+            WsSession::new(self, socket)
+        });
+    }
+}
 
 impl WsSession {
-    pub fn new(
-        id: SessionId,
-        state: Arc<AppState>,
-        kind: Kind,
-        greeting: Value,
-        identity: Option<Identity>,
-        limits: Limits,
-        start: Start,
-    ) -> WsSession {
+    fn new(opening: Opening, socket: Socket) -> WsSession {
+        let Opening {
+            id,
+            state,
+            kind,
+            greeting,
+            identity,
+            limits,
+            start,
+        } = opening;
         WsSession {
             id,
             state,
@@ -103,6 +140,61 @@ impl WsSession {
             fragments: Reassembly::new(limits.max_message),
             limiter: RateLimiter::new(limits.rate_per_sec, Instant::now()),
             start,
+            socket,
+            blocked: false,
+            closing: false,
+            close_sent: false,
+            peer_gone: false,
+        }
+    }
+
+    /// Writes a frame (or queues it behind those the kernel has not taken).
+    fn send(&mut self, frame: Bytes, ctx: &mut Ctx) {
+        if self.closing {
+            return;
+        }
+        if self.blocked {
+            self.socket.push(frame);
+            return self.check_queue(ctx);
+        }
+        let flushed = self.socket.send(frame);
+        self.flushed(flushed, ctx);
+    }
+
+    fn flush(&mut self, ctx: &mut Ctx) {
+        let flushed = self.socket.flush();
+        self.flushed(flushed, ctx);
+    }
+
+    fn flushed(&mut self, flushed: Flushed, ctx: &mut Ctx) {
+        match flushed {
+            Flushed::All => {
+                if self.closing && !self.close_sent {
+                    self.close_sent = true;
+                    self.socket.finish();
+                }
+                if self.close_sent && self.peer_gone {
+                    ctx.stop();
+                }
+            }
+            Flushed::Blocked => {
+                self.check_queue(ctx);
+                if !self.blocked {
+                    self.blocked = true;
+                    ctx.spawn(self.socket.writable().into_actor(self).map(|(), this, ctx| {
+                        this.blocked = false;
+                        this.flush(ctx);
+                    }));
+                }
+            }
+            Flushed::Failed => ctx.stop(),
+        }
+    }
+
+    /// A client that does not read is a slow consumer once its queue is over the limit.
+    fn check_queue(&mut self, ctx: &mut Ctx) {
+        if !self.closing && self.socket.queued() > self.limits.send_queue {
+            self.overflowed(ctx);
         }
     }
 
@@ -121,9 +213,11 @@ impl WsSession {
     }
 
     /// Closes a session whose outbound queue overflowed; the client resumes with `last_event_id`.
-    fn overflowed(&self, ctx: &mut Ctx) {
+    /// What it has not begun to receive is dropped, so the Close frame is next.
+    fn overflowed(&mut self, ctx: &mut Ctx) {
         self.state.hub.metrics.slow_consumer_closes.inc();
-        Self::close(
+        self.socket.drop_unsent();
+        self.close(
             ctx,
             CloseCode::Other(close::TRY_AGAIN_LATER),
             "Send queue overflow; resume with last_event_id",
@@ -134,23 +228,39 @@ impl WsSession {
         matches!(self.kind, Kind::Multiplexed)
     }
 
-    fn close(ctx: &mut Ctx, code: CloseCode, reason: &str) {
-        ctx.close(Some(CloseReason {
-            code,
-            description: Some(reason.to_owned()),
-        }));
-        ctx.stop();
+    fn close(&mut self, ctx: &mut Ctx, code: CloseCode, reason: &str) {
+        self.close_with(
+            Some(CloseReason {
+                code,
+                description: Some(reason.to_owned()),
+            }),
+            ctx,
+        );
     }
 
-    fn reply(ctx: &mut Ctx, message: Value) {
-        ctx.text(text(&message));
+    /// Sends Close after what is queued, then FIN; the session ends when the client hangs up too,
+    /// or after [`CLOSE_LINGER`].
+    fn close_with(&mut self, reason: Option<CloseReason>, ctx: &mut Ctx) {
+        if self.closing {
+            return;
+        }
+        self.socket.push(socket::close_frame(reason));
+        self.closing = true;
+        ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
+        if !self.blocked {
+            self.flush(ctx);
+        }
+    }
+
+    fn reply(&mut self, ctx: &mut Ctx, message: Value) {
+        self.send(Frame::text(&text(&message)).bytes().clone(), ctx);
     }
 
     /// Starts catching a channel up; its live events are held until the catch-up is out.
     fn join(&mut self, channel: Channel, start: Start, ctx: &mut Ctx) {
         if self.channels.contains_key(&channel) {
             if self.tagged() {
-                Self::reply(ctx, json!({"type": "subscribed", "channel": channel.name()}));
+                self.reply(ctx, json!({"type": "subscribed", "channel": channel.name()}));
             }
             return;
         }
@@ -191,24 +301,37 @@ impl WsSession {
 
     /// Live events of a channel: sent, or held while the channel catches up (a session that would
     /// hold more than its send queue is a slow consumer).
-    fn live(&mut self, channel: Channel, items: impl IntoIterator<Item = (i64, ByteString)>, ctx: &mut Ctx) {
+    fn live(&mut self, channel: Channel, items: impl IntoIterator<Item = (i64, Frame)>, ctx: &mut Ctx) {
         let cap = self.limits.send_queue;
         let Some(state) = self.channels.get_mut(&channel) else {
             return;
         };
-        for (event_id, text) in items {
+        for (event_id, frame) in items {
             match &mut state.held {
                 Some(held) if held.len() >= cap => return self.overflowed(ctx),
-                Some(held) => held.push((event_id, text)),
-                None => Self::send_event(state, event_id, &text, ctx),
+                Some(held) => held.push((event_id, frame)),
+                None => Self::queue_event(&mut self.socket, state, event_id, &frame),
             }
+        }
+        self.flush_unless_blocked(ctx);
+    }
+
+    /// Queues an event the channel has not sent yet; the caller flushes once for the lot.
+    fn queue_event(socket: &mut Socket, state: &mut ChannelState, event_id: i64, frame: &Frame) {
+        if event_id > state.last_sent {
+            state.last_sent = event_id;
+            socket.push(frame.bytes().clone());
         }
     }
 
-    fn send_event(state: &mut ChannelState, event_id: i64, text: &ByteString, ctx: &mut Ctx) {
-        if event_id > state.last_sent {
-            state.last_sent = event_id;
-            ctx.text(text.clone());
+    fn flush_unless_blocked(&mut self, ctx: &mut Ctx) {
+        if self.closing {
+            return;
+        }
+        if self.blocked {
+            self.check_queue(ctx);
+        } else {
+            self.flush(ctx);
         }
     }
 
@@ -219,17 +342,17 @@ impl WsSession {
             Verdict::Limit { tell } => {
                 self.state.hub.metrics.rate_limited.inc();
                 if tell {
-                    Self::reply(
+                    self.reply(
                         ctx,
                         json!({"type": "error", "code": "rate_limited", "message": "Too many messages; slow down"}),
                     );
                 }
                 return;
             }
-            Verdict::Close => return Self::close(ctx, CloseCode::Policy, "Message rate far over the limit"),
+            Verdict::Close => return self.close(ctx, CloseCode::Policy, "Message rate far over the limit"),
         }
         let Ok(message) = serde_json::from_str::<Value>(raw) else {
-            return Self::reply(ctx, json!({"type": "error", "message": "Invalid JSON"}));
+            return self.reply(ctx, json!({"type": "error", "message": "Invalid JSON"}));
         };
         let kind = message
             .get("type")
@@ -243,13 +366,13 @@ impl WsSession {
                     Some(t) if !t.is_null() => t.clone(),
                     _ => json!(iso(now_ms())),
                 };
-                Self::reply(ctx, json!({"type": "pong", "timestamp": timestamp}));
+                self.reply(ctx, json!({"type": "pong", "timestamp": timestamp}));
             }
             ("authenticate", Kind::Multiplexed) => self.on_authenticate(&message, ctx),
             ("subscribe", Kind::Multiplexed) => self.on_subscribe(&message, ctx),
             ("unsubscribe", Kind::Multiplexed) => self.on_unsubscribe(&message, ctx),
             ("request", Kind::Multiplexed) => self.on_request(message, ctx),
-            (other, _) => Self::reply(
+            (other, _) => self.reply(
                 ctx,
                 json!({"type": "error", "message": format!("Unknown message type: {other}")}),
             ),
@@ -258,14 +381,14 @@ impl WsSession {
 
     fn on_authenticate(&mut self, message: &Value, ctx: &mut Ctx) {
         let Some(token) = message.get("token").and_then(Value::as_str).map(str::to_owned) else {
-            return Self::reply(ctx, json!({"type": "auth_error", "message": "token is required"}));
+            return self.reply(ctx, json!({"type": "auth_error", "message": "token is required"}));
         };
         let state = self.state.clone();
         let check = async move { authenticate(&state, &token).await };
         ctx.spawn(
             actix::fut::wrap_future(check).map(|result, this: &mut Self, ctx| match result {
                 Ok(actor) => this.sign_in(actor, Start::Fresh, ctx),
-                Err(e) => Self::reply(
+                Err(e) => this.reply(
                     ctx,
                     json!({"type": "auth_error", "code": e.code(), "message": e.to_string()}),
                 ),
@@ -301,7 +424,7 @@ impl WsSession {
                         .map(|c| c.name()),
                 );
                 names.sort();
-                Self::reply(
+                this.reply(
                     ctx,
                     json!({"type": "authenticated", "user_id": actor.id, "role": actor.role, "subscriptions": names}),
                 );
@@ -314,11 +437,11 @@ impl WsSession {
         );
     }
 
-    fn channel_of(message: &Value, ctx: &mut Ctx) -> Option<Channel> {
+    fn channel_of(&mut self, message: &Value, ctx: &mut Ctx) -> Option<Channel> {
         let name = message.get("channel").and_then(Value::as_str).unwrap_or("");
         let channel = Channel::parse(name);
         if channel.is_none() {
-            Self::reply(
+            self.reply(
                 ctx,
                 json!({"type": "error", "code": "unknown_channel", "channel": name, "message": format!("No channel named {name:?}")}),
             );
@@ -327,7 +450,7 @@ impl WsSession {
     }
 
     fn on_subscribe(&mut self, message: &Value, ctx: &mut Ctx) {
-        let Some(channel) = Self::channel_of(message, ctx) else {
+        let Some(channel) = self.channel_of(message, ctx) else {
             return;
         };
         let start = match message.get("last_event_id") {
@@ -338,11 +461,11 @@ impl WsSession {
     }
 
     fn on_unsubscribe(&mut self, message: &Value, ctx: &mut Ctx) {
-        let Some(channel) = Self::channel_of(message, ctx) else {
+        let Some(channel) = self.channel_of(message, ctx) else {
             return;
         };
         self.leave(channel);
-        Self::reply(ctx, json!({"type": "unsubscribed", "channel": channel.name()}));
+        self.reply(ctx, json!({"type": "unsubscribed", "channel": channel.name()}));
     }
 
     fn on_request(&mut self, message: Value, ctx: &mut Ctx) {
@@ -350,24 +473,20 @@ impl WsSession {
         let action = message.get("action").and_then(Value::as_str).unwrap_or("").to_owned();
         let data = message.get("data").cloned().unwrap_or_else(|| json!({}));
         let work = actions::perform(self.state.clone(), self.identity.clone(), action.clone(), data);
-        ctx.spawn(actix::fut::wrap_future(work).map(move |result, _: &mut Self, ctx| {
+        ctx.spawn(actix::fut::wrap_future(work).map(move |result, this: &mut Self, ctx| {
             let reply = match result {
                 Ok(data) => json!({"type": "response", "request_id": request_id, "action": action, "data": data}),
                 Err(error) => actions::error_reply(&request_id, &error),
             };
-            Self::reply(ctx, reply);
+            this.reply(ctx, reply);
         }));
     }
 
-    fn on_protocol_error(error: ProtocolError, ctx: &mut Ctx) {
+    fn on_protocol_error(&mut self, error: ProtocolError, ctx: &mut Ctx) {
         match error {
-            ProtocolError::Overflow => Self::close(ctx, CloseCode::Size, "Frame too large"),
-            // actix reports text that is not UTF-8 as an I/O error carrying the UTF-8 error.
-            ProtocolError::Io(e) if e.to_string().contains("utf-8") => {
-                Self::close(ctx, CloseCode::Invalid, "Text is not UTF-8")
-            }
+            ProtocolError::Overflow => self.close(ctx, CloseCode::Size, "Frame too large"),
             ProtocolError::Io(_) => ctx.stop(),
-            other => Self::close(ctx, CloseCode::Protocol, &other.to_string()),
+            other => self.close(ctx, CloseCode::Protocol, &other.to_string()),
         }
     }
 
@@ -377,7 +496,7 @@ impl WsSession {
         match self.kind {
             Kind::Seed { .. } | Kind::Refused { .. } => {
                 let (code, reason) = channels::close_code(&error);
-                Self::close(ctx, CloseCode::Other(code), &reason)
+                self.close(ctx, CloseCode::Other(code), &reason)
             }
             Kind::Multiplexed => {
                 // On /ws a channel the caller may not watch is `forbidden`, signed in or not.
@@ -385,7 +504,7 @@ impl WsSession {
                     Error::Unauthenticated | Error::Forbidden(_) => "forbidden",
                     ref other => other.code(),
                 };
-                Self::reply(
+                self.reply(
                     ctx,
                     json!({"type": "error", "code": code, "channel": channel.name(), "message": error.to_string()}),
                 )
@@ -399,7 +518,8 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Ctx) {
         if let Kind::Refused { code, reason } = &self.kind {
-            return Self::close(ctx, CloseCode::Other(*code), &reason.clone());
+            let (code, reason) = (*code, reason.clone());
+            return self.close(ctx, CloseCode::Other(code), &reason);
         }
         let endpoint = self.endpoint();
         self.state
@@ -416,7 +536,7 @@ impl Actor for WsSession {
                 tracing::debug!(session = this.id, "peer silent; dropping");
                 ctx.stop();
             } else {
-                ctx.ping(b"");
+                this.send(socket::control(OpCode::Ping, b""), ctx);
             }
         });
         // Register, greet, then subscribe: the first message is always `connection_established`.
@@ -426,7 +546,7 @@ impl Actor for WsSession {
         let last_event_id = channels::register(&self.state, self.id, to, self.identity.as_ref().map(|a| a.id));
         let mut greeting = self.greeting.clone();
         greeting["last_event_id"] = json!(last_event_id);
-        Self::reply(ctx, greeting);
+        self.reply(ctx, greeting);
         let start = self.start;
         match (&self.kind, self.identity.clone()) {
             (Kind::Seed { channel }, _) => {
@@ -462,32 +582,38 @@ impl Handler<ToSession> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Ctx) {
+        // A closing session sends nothing more.
+        if self.closing {
+            return;
+        }
         match msg {
             ToSession::Event {
                 channel,
                 event_id,
-                text,
-            } => self.live(channel, [(event_id, text)], ctx),
+                frame,
+            } => self.live(channel, [(event_id, frame)], ctx),
             ToSession::Events { channel, items } => self.live(channel, items, ctx),
             ToSession::Catchup { channel, items } => {
                 let Some(state) = self.channels.get_mut(&channel) else {
                     return;
                 };
-                for (event_id, text) in items {
+                for (event_id, frame) in items {
                     match event_id {
-                        Some(event_id) => Self::send_event(state, event_id, &text, ctx),
-                        None => ctx.text(text),
+                        Some(event_id) => Self::queue_event(&mut self.socket, state, event_id, &frame),
+                        None => self.socket.push(frame.bytes().clone()),
                     }
                 }
+                self.flush_unless_blocked(ctx);
             }
             ToSession::GoLive { channel, position } => {
                 let Some(state) = self.channels.get_mut(&channel) else {
                     return;
                 };
                 state.last_sent = state.last_sent.max(position);
-                for (event_id, text) in state.held.take().unwrap_or_default() {
-                    Self::send_event(state, event_id, &text, ctx);
+                for (event_id, frame) in state.held.take().unwrap_or_default() {
+                    Self::queue_event(&mut self.socket, state, event_id, &frame);
                 }
+                self.flush_unless_blocked(ctx);
             }
             ToSession::Refused { channel, error } => self.refused(channel, error, ctx),
             ToSession::Recheck => {
@@ -508,7 +634,7 @@ impl Handler<ToSession> for WsSession {
             ToSession::Identity(actor) => self.identity = Some(actor),
             ToSession::Revoked { channel: None, error } => {
                 let (code, reason) = channels::close_code(&error);
-                Self::close(ctx, CloseCode::Other(code), &reason)
+                self.close(ctx, CloseCode::Other(code), &reason)
             }
             ToSession::Revoked {
                 channel: Some(channel),
@@ -516,64 +642,74 @@ impl Handler<ToSession> for WsSession {
             } => match self.kind {
                 Kind::Multiplexed => {
                     self.leave(channel);
-                    Self::reply(
+                    self.reply(
                         ctx,
                         json!({"type": "unsubscribed", "channel": channel.name(), "reason": error.code(), "message": error.to_string()}),
                     );
                 }
                 _ => self.refused(channel, error, ctx),
             },
-            ToSession::Sample { channel, text } => {
+            ToSession::Sample { channel, frame } => {
                 if self.channels.get(&channel).is_some_and(|c| c.held.is_none()) {
-                    ctx.text(text);
+                    self.send(frame.bytes().clone(), ctx);
                 }
             }
             ToSession::Overflowed => self.overflowed(ctx),
-            ToSession::ShutDown => Self::close(ctx, CloseCode::Away, "Server shutting down"),
+            ToSession::ShutDown => self.close(ctx, CloseCode::Away, "Server shutting down"),
         }
     }
 }
 
-impl StreamHandler<Result<ws::Message, ProtocolError>> for WsSession {
-    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Ctx) {
+impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
+    fn handle(&mut self, frame: Result<WsFrame, ProtocolError>, ctx: &mut Ctx) {
         self.last_heard = Instant::now();
-        let message = match msg {
-            Ok(message) => message,
-            Err(error) => return Self::on_protocol_error(error, ctx),
+        // After its Close the session only waits for the client to hang up.
+        if self.closing {
+            return;
+        }
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => return self.on_protocol_error(error, ctx),
         };
-        match message {
-            ws::Message::Ping(payload) => ctx.pong(&payload),
-            ws::Message::Pong(_) | ws::Message::Nop => {}
-            ws::Message::Text(raw) => self.on_text(&raw, ctx),
-            ws::Message::Binary(_) => Self::reply(
+        match frame {
+            WsFrame::Ping(payload) => self.send(socket::control(OpCode::Pong, &payload), ctx),
+            WsFrame::Pong(_) => {}
+            WsFrame::Text(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(raw) => self.on_text(raw, ctx),
+                Err(_) => self.close(ctx, CloseCode::Invalid, "Text is not UTF-8"),
+            },
+            WsFrame::Binary(_) => self.reply(
                 ctx,
                 json!({"type": "error", "message": "Binary messages are not supported"}),
             ),
-            ws::Message::Continuation(item) => match self.fragments.push(item) {
+            WsFrame::Continuation(item) => match self.fragments.push(item) {
                 Reassembled::Pending => {}
                 Reassembled::Text(bytes) => match std::str::from_utf8(&bytes) {
                     Ok(raw) => self.on_text(raw, ctx),
-                    Err(_) => Self::close(ctx, CloseCode::Invalid, "Text is not UTF-8"),
+                    Err(_) => self.close(ctx, CloseCode::Invalid, "Text is not UTF-8"),
                 },
-                Reassembled::Binary(_) => Self::reply(
+                Reassembled::Binary(_) => self.reply(
                     ctx,
                     json!({"type": "error", "message": "Binary messages are not supported"}),
                 ),
-                Reassembled::TooBig => Self::close(ctx, CloseCode::Size, "Message too large"),
+                Reassembled::TooBig => self.close(ctx, CloseCode::Size, "Message too large"),
             },
             // Answer a client's Close with the same code, then send nothing more.
-            ws::Message::Close(reason) => {
-                ctx.close(reason.map(|r| CloseReason {
+            WsFrame::Close(reason) => self.close_with(
+                reason.map(|r| CloseReason {
                     code: r.code,
                     description: None,
-                }));
-                ctx.stop();
-            }
+                }),
+                ctx,
+            ),
         }
     }
 
-    /// The client's side of the stream ended without a Close frame.
+    /// The client's side ended: after a close handshake, or without one (the peer vanished).
     fn finished(&mut self, ctx: &mut Ctx) {
-        ctx.stop();
+        self.peer_gone = true;
+        if !self.closing || self.close_sent {
+            ctx.stop();
+        }
     }
 }

@@ -1,0 +1,215 @@
+//! The connection after the upgrade, owned by its session rather than by an HTTP dispatcher: no
+//! buffers are kept for an idle socket, and outbound frames are written from the bytes the
+//! registry encoded once for every recipient. Only what the kernel will not take yet is queued,
+//! as references to those same bytes.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::net::Shutdown;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use actix_codec::Decoder;
+use actix_http::ws::{CloseReason, Codec, Frame as WsFrame, OpCode, Parser, ProtocolError};
+use actix_web::rt::net::TcpStream;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::Stream;
+
+/// How many queued frames one write hands the kernel at most.
+const WRITE_BATCH: usize = 64;
+/// How much is read at a time when a client sends.
+const READ_CHUNK: usize = 4096;
+
+/// What became of a flush.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything is written.
+    All,
+    /// The kernel's buffer is full: wait for [`Socket::writable`], then flush again.
+    Blocked,
+    /// The connection is broken.
+    Failed,
+}
+
+/// The sending side of a connection.
+pub struct Socket {
+    io: Rc<TcpStream>,
+    /// Frames, or the unwritten end of one, the kernel has not taken yet; oldest first.
+    queue: VecDeque<Bytes>,
+    /// The front of the queue is partly written.
+    front_started: bool,
+}
+
+impl Socket {
+    /// The socket and its receiving side. `already_read` is what arrived with the upgrade request.
+    pub fn split(io: TcpStream, already_read: BytesMut, max_message: usize) -> (Socket, Inbound) {
+        let io = Rc::new(io);
+        let inbound = Inbound {
+            io: io.clone(),
+            buf: already_read,
+            codec: Codec::new().max_size(max_message),
+            failed: false,
+        };
+        let socket = Socket {
+            io,
+            queue: VecDeque::new(),
+            front_started: false,
+        };
+        (socket, inbound)
+    }
+
+    /// Frames waiting for the kernel.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues a frame behind the others; [`Socket::flush`] writes it.
+    pub fn push(&mut self, frame: Bytes) {
+        self.queue.push_back(frame);
+    }
+
+    /// Writes a frame now if nothing is waiting before it (the common case: no queue at all),
+    /// else queues it and flushes.
+    pub fn send(&mut self, frame: Bytes) -> Flushed {
+        if !self.queue.is_empty() {
+            self.push(frame);
+            return self.flush();
+        }
+        match self.io.try_write(&frame) {
+            Ok(n) if n == frame.len() => Flushed::All,
+            Ok(0) => Flushed::Failed,
+            Ok(n) => {
+                self.queue.push_back(frame.slice(n..));
+                self.front_started = true;
+                Flushed::Blocked
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.queue.push_back(frame);
+                Flushed::Blocked
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.send(frame),
+            Err(_) => Flushed::Failed,
+        }
+    }
+
+    /// Forgets every frame not yet begun (a frame partly written must be finished, or the stream
+    /// is garbage from there on).
+    pub fn drop_unsent(&mut self) {
+        self.queue.truncate(usize::from(self.front_started));
+    }
+
+    /// Writes queued frames until they are all out or the kernel takes no more.
+    pub fn flush(&mut self) -> Flushed {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(&self.queue) {
+                *slot = IoSlice::new(frame);
+                count += 1;
+            }
+            let written = match self.io.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Flushed::Failed,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Flushed::Failed,
+            };
+            self.consume(written);
+        }
+        // An emptied queue that once grew gives its memory back: idle sockets keep nothing.
+        if self.queue.capacity() > WRITE_BATCH {
+            self.queue = VecDeque::new();
+        }
+        Flushed::All
+    }
+
+    fn consume(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else { return };
+            if written >= front.len() {
+                written -= front.len();
+                self.queue.pop_front();
+                self.front_started = false;
+            } else {
+                front.advance(written);
+                self.front_started = true;
+                written = 0;
+            }
+        }
+    }
+
+    /// Resolves when the kernel takes more (or the connection fails: the next flush says so).
+    pub fn writable(&self) -> impl Future<Output = ()> + 'static {
+        let io = self.io.clone();
+        async move {
+            let _ = poll_fn(|cx| io.poll_write_ready(cx)).await;
+        }
+    }
+
+    /// Sends FIN after the Close frame: the client sees the end, and its own FIN ends [`Inbound`].
+    pub fn finish(&self) {
+        let _ = socket2::SockRef::from(&*self.io).shutdown(Shutdown::Write);
+    }
+}
+
+/// The receiving side: client frames, decoded as they arrive. The buffer holds only an unfinished
+/// frame and is released whenever it empties.
+pub struct Inbound {
+    io: Rc<TcpStream>,
+    buf: BytesMut,
+    codec: Codec,
+    /// A frame was malformed: what follows is read and dropped until the peer closes, so the
+    /// socket is not reset with unread data before the Close frame reaches the client.
+    failed: bool,
+}
+
+impl Stream for Inbound {
+    type Item = Result<WsFrame, ProtocolError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.failed {
+                this.buf.clear();
+            } else if !this.buf.is_empty() {
+                match this.codec.decode(&mut this.buf) {
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        this.failed = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
+            }
+            if this.buf.is_empty() && this.buf.capacity() > 0 {
+                this.buf = BytesMut::new();
+            }
+            if ready!(this.io.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(None);
+            }
+            this.buf.reserve(READ_CHUNK);
+            match this.io.try_read_buf(&mut this.buf) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                // A broken connection has nothing more to read.
+                Err(_) => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// Control frames, encoded for a server (unmasked).
+pub fn control(op: OpCode, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(payload.len() + 2);
+    Parser::write_message(&mut buf, payload, op, true, false);
+    buf.freeze()
+}
+
+pub fn close_frame(reason: Option<CloseReason>) -> Bytes {
+    let mut buf = BytesMut::new();
+    Parser::write_close(&mut buf, reason, false);
+    buf.freeze()
+}
