@@ -152,43 +152,81 @@ impl Target {
         }
     }
 
-    /// The station to watch and what makes its events.
-    async fn station(self, server: &BenchServer, name: &str) -> anyhow::Result<(i64, Trigger)> {
+    /// The station to watch and where its events are made.
+    async fn station(self, server: &BenchServer, name: &str) -> anyhow::Result<(i64, TriggerTo)> {
         match self {
             Target::Swapcast => {
                 let admin = Admin::with_station(server, name).await?;
-                Ok((admin.station, Trigger::Rest(admin)))
+                let to = TriggerTo::Rest {
+                    base: admin.base,
+                    token: admin.token,
+                    station: admin.station,
+                };
+                Ok((admin.station, to))
             }
-            Target::Baseline => {
-                let url = format!("ws://127.0.0.1:{}/publish", server.port);
-                let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-                Ok((1, Trigger::Socket(Box::new(ws))))
-            }
+            Target::Baseline => Ok((1, TriggerTo::Socket { port: server.port })),
         }
     }
 }
 
-/// Makes one addition's events: a REST call on swapcast, a message on the baseline.
+/// Where one addition's events are made: a REST call on swapcast, a message on the baseline.
+#[derive(Clone)]
+enum TriggerTo {
+    Rest { base: String, token: String, station: i64 },
+    Socket { port: u16 },
+}
+
+/// A connected trigger.
 enum Trigger {
-    Rest(Admin),
+    Rest {
+        http: reqwest::Client,
+        url: String,
+        token: String,
+        /// Paced requests in flight, awaited at the end so none fails unseen.
+        pending: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    },
     Socket(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>),
 }
 
 impl Trigger {
+    async fn connect(to: TriggerTo) -> anyhow::Result<Trigger> {
+        Ok(match to {
+            TriggerTo::Rest { base, token, station } => Trigger::Rest {
+                http: reqwest::Client::new(),
+                url: format!("{base}/api/stations/{station}/batteries"),
+                token,
+                pending: Vec::new(),
+            },
+            TriggerTo::Socket { port } => {
+                let url = format!("ws://127.0.0.1:{port}/publish");
+                let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+                Trigger::Socket(Box::new(ws))
+            }
+        })
+    }
+
     /// Fires addition `k`. Paced, a REST call is not awaited: the deliveries are what is measured.
     async fn fire(&mut self, k: usize, paced: bool) -> anyhow::Result<()> {
         match self {
-            Trigger::Rest(admin) => {
-                let request = admin
-                    .http
-                    .post(format!("{}/api/stations/{}/batteries", admin.base, admin.station))
-                    .bearer_auth(&admin.token)
+            Trigger::Rest {
+                http,
+                url,
+                token,
+                pending,
+            } => {
+                let request = http
+                    .post(url.as_str())
+                    .bearer_auth(token.as_str())
                     .json(&json!({"serial": format!("BENCH-{k}"), "model": "Bench Battery"}))
                     .send();
-                if paced {
-                    drop(tokio::spawn(request));
-                } else {
+                let request = async move {
                     request.await?.error_for_status()?;
+                    Ok(())
+                };
+                if paced {
+                    pending.push(tokio::spawn(request));
+                } else {
+                    request.await?;
                 }
             }
             Trigger::Socket(ws) => {
@@ -201,6 +239,46 @@ impl Trigger {
         }
         Ok(())
     }
+
+    /// Waits for paced requests still in flight.
+    async fn settle(self) -> anyhow::Result<()> {
+        if let Trigger::Rest { pending, .. } = self {
+            for request in pending {
+                request.await??;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fires the additions from a thread and runtime of its own, so that a trigger's answer is not
+/// queued behind the thousands of subscriber tasks of the generator itself (the same for both
+/// targets). Returns when the first addition was sent.
+fn fire_all(
+    to: TriggerTo,
+    events: usize,
+    pace: Option<Duration>,
+    sent_at: Arc<Mutex<Vec<Instant>>>,
+) -> std::thread::JoinHandle<anyhow::Result<Instant>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let mut trigger = Trigger::connect(to).await?;
+            let started = Instant::now();
+            for k in 0..events {
+                if let Some(pace) = pace {
+                    tokio::time::sleep_until((started + pace * k as u32).into()).await;
+                }
+                sent_at
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .push(Instant::now());
+                trigger.fire(k, pace.is_some()).await?;
+            }
+            trigger.settle().await?;
+            Ok(started)
+        })
+    })
 }
 
 /// `swapcast / baseline`, for a line of ratios.
@@ -470,7 +548,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
 
 async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutResult> {
     let server = target.start(&[("SWAPCAST_RATE_LIMIT", "1000".into())])?;
-    let (station, mut trigger) = target.station(&server, "Bench Station").await?;
+    let (station, trigger) = target.station(&server, "Bench Station").await?;
 
     let sockets = subscribe_many(server.port, station, args.subscribers).await?;
 
@@ -512,24 +590,19 @@ async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutRe
         })
         .collect();
 
-    let started = Instant::now();
     let pace = args.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
-    for k in 0..args.events {
-        if let Some(pace) = pace {
-            let due = started + pace * k as u32;
-            tokio::time::sleep_until(due.into()).await;
-        }
-        sent_at
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .push(Instant::now());
-        trigger.fire(k, pace.is_some()).await?;
-    }
+    let trigger = fire_all(trigger, args.events, pace, sent_at.clone());
 
+    let mut readers_done = Vec::with_capacity(readers.len());
+    for reader in readers {
+        readers_done.push(reader.await?);
+    }
+    let started = trigger
+        .join()
+        .map_err(|_| anyhow::anyhow!("the trigger thread panicked"))??;
     let mut latencies = Vec::new();
     let (mut received, mut last) = (0usize, started);
-    for reader in readers {
-        let me = reader.await?;
+    for me in readers_done {
         received += me.received;
         latencies.extend(me.latencies);
         last = last.max(me.last_receipt.unwrap_or(started));
