@@ -94,9 +94,7 @@ impl Application {
         actix_web::rt::spawn(async move {
             stop_signal().await;
             tracing::info!("stopping: closing WebSockets, finishing requests");
-            if hub.registry.send(ShutDownAll).await.is_err() {
-                tracing::warn!("the registry was already gone at shutdown");
-            }
+            hub.registry.broadcast_and_wait(ShutDownAll).await;
             actix_web::rt::time::sleep(CLOSE_GRACE).await;
             handle.stop(true).await;
         });

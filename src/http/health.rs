@@ -5,7 +5,6 @@ use diesel::connection::SimpleConnection;
 use serde_json::json;
 
 use crate::error::Result;
-use crate::realtime::messages::StatsQuery;
 use crate::state::AppState;
 
 /// The process is up and serving HTTP.
@@ -37,10 +36,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let pool = state.pool.state();
     metrics.db_pool_connections.set(i64::from(pool.connections));
     metrics.db_pool_idle.set(i64::from(pool.idle_connections));
-    match state.hub.registry.send(StatsQuery).await {
-        Ok(stats) => metrics.subscriptions.set(stats.subscriptions as i64),
-        Err(e) => tracing::warn!(error = %e, "registry unavailable for metrics"),
-    }
+    let stats = state.hub.registry.stats().await;
+    metrics.subscriptions.set(stats.subscriptions as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics.render())

@@ -11,8 +11,8 @@ use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::policy;
 use crate::domain::ids::StationId;
-use crate::error::{Error, Result};
-use crate::realtime::messages::{RegistryStats, StatsQuery};
+use crate::error::Result;
+use crate::realtime::messages::RegistryStats;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {
@@ -21,12 +21,7 @@ pub fn routes(r: &mut impl Router) {
 
 async fn stats(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
     policy::require_admin(caller.actor()?)?;
-    let local = state
-        .hub
-        .registry
-        .send(StatsQuery)
-        .await
-        .map_err(|e| Error::Internal(anyhow::anyhow!("registry unavailable: {e}")))?;
+    let local = state.hub.registry.stats().await;
     let mut nodes = vec![(state.hub.node.to_string(), local)];
     if let Some(backplane) = &state.hub.backplane {
         nodes.extend(backplane.peers());

@@ -23,9 +23,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::messages::{BackplaneState, Committed, RecheckAll, RegistryStats, StatsQuery, UserChanged};
+use super::messages::{BackplaneState, Committed, RecheckAll, RegistryStats, UserChanged};
 use super::publisher::Publisher;
-use super::registry::StationRegistry;
+use super::registry::Registries;
 use crate::auth::actors::ActorCache;
 use crate::domain::ids::UserId;
 use crate::events::{Audience, Event};
@@ -93,7 +93,7 @@ impl Subjects {
 pub struct Local {
     pub node: Arc<str>,
     pub publisher: Addr<Publisher>,
-    pub registry: Addr<StationRegistry>,
+    pub registry: Registries,
     pub metrics: Arc<Metrics>,
     pub actors: Arc<ActorCache>,
 }
@@ -120,7 +120,7 @@ impl Backplane {
                         async_nats::Event::Connected => {
                             tracing::info!("backplane connected");
                             publisher.do_send(BackplaneState { up: true });
-                            registry.do_send(RecheckAll);
+                            registry.broadcast(RecheckAll);
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("backplane disconnected; other nodes' events now come from the log");
@@ -255,7 +255,7 @@ async fn receive_users(mut users: Subscriber, local: Arc<Local>) {
     while let Some(message) = users.next().await {
         if let Some(user) = decode::<UserId>(&local.node, &message.payload) {
             local.actors.forget(user);
-            local.registry.do_send(UserChanged { user });
+            local.registry.broadcast(UserChanged { user });
         }
     }
 }
@@ -283,9 +283,7 @@ async fn heartbeat(client: Client, subjects: Subjects, local: Arc<Local>) {
         if client.connection_state() != State::Connected {
             continue;
         }
-        let Ok(stats) = local.registry.send(StatsQuery).await else {
-            return;
-        };
+        let stats = local.registry.stats().await;
         if let Some(payload) = encode(&local.node, stats) {
             if let Err(e) = client.publish(subjects.nodes(), payload).await {
                 tracing::warn!(error = %e, "backplane heartbeat failed");

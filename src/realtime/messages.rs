@@ -2,7 +2,7 @@
 //! handle or asks a permission question — visibility is decided before a subscription is made.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
@@ -12,6 +12,27 @@ use crate::events::Event;
 
 /// Identifies one WebSocket connection for as long as the process runs.
 pub type SessionId = u64;
+
+/// The sending half of a session, shared with the registry of the session's own thread: live
+/// events are handed over by a call on that thread, not by a mailbox message per recipient (which
+/// was most of a delivery's cost). What needs the session itself (waiting for the kernel,
+/// closing) the outlet asks for through [`Attention`].
+pub trait Outlet: Send {
+    /// Live events of one channel, in order.
+    fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, Frame)>) -> Attention;
+}
+
+pub type SharedOutlet = Arc<Mutex<dyn Outlet>>;
+
+/// What an outlet needs after a delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attention {
+    None,
+    /// Tell the session ([`ToSession::Attend`]): it has something to do on its socket.
+    Poke,
+    /// The session overflowed or its connection broke: tell it, and forget it.
+    Drop,
+}
 
 /// What a session's socket is told.
 #[derive(Message, Debug)]
@@ -51,6 +72,8 @@ pub enum ToSession {
     },
     /// Its outbound queue overflowed: close with 1013 so the client resumes.
     Overflowed,
+    /// Its outlet needs it (see [`Attention::Poke`]).
+    Attend,
     /// The server is stopping: close with 1001.
     ShutDown,
 }
@@ -117,6 +140,7 @@ impl PersonalData {
 pub struct Connect {
     pub session: SessionId,
     pub to: Recipient<ToSession>,
+    pub outlet: SharedOutlet,
     /// Who is connected, if anyone signed in: changes to that user reach this connection.
     pub user: Option<UserId>,
 }
@@ -170,7 +194,7 @@ pub struct Committed(pub Vec<Event>);
 
 /// Every signed-in connection re-checks its rights: after a backplane outage, during which
 /// another node's changes to users could not be heard.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct RecheckAll;
 
@@ -183,8 +207,8 @@ pub struct BackplaneState {
 }
 
 /// Station events routed together (those one drain of the publisher found in order, usually
-/// one commit's), rendered, on their way to the registry: each watcher gets them in one message.
-#[derive(Message)]
+/// one commit's), rendered, on their way to the registries: each watcher gets them at once.
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct PublishStations(pub Vec<Arc<Rendered>>);
 
@@ -194,14 +218,14 @@ pub struct PublishStations(pub Vec<Arc<Rendered>>);
 pub struct Publish(pub Arc<Rendered>);
 
 /// An admin changed this user: their connections check their subscriptions again.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct UserChanged {
     pub user: UserId,
 }
 
 /// Close every connection with 1001.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct ShutDownAll;
 
@@ -220,6 +244,11 @@ pub struct Counts {
     pub connections: usize,
     pub subscriptions: usize,
 }
+
+/// A `system_metrics` sample for the `system` channel's watchers.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct SystemSample(pub Frame);
 
 /// What the registry knows about its watchers, for `GET /api/realtime/stats`.
 #[derive(Message)]

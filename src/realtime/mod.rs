@@ -30,13 +30,13 @@ use backplane::Backplane;
 use directory::NotifierDirectory;
 use messages::{Committed, SessionId, UserChanged};
 use publisher::Publisher;
-use registry::StationRegistry;
+use registry::Registries;
 
 /// Handles to the running hub; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct Hub {
     pub publisher: Addr<Publisher>,
-    pub registry: Addr<StationRegistry>,
+    pub registry: Registries,
     pub directory: Addr<NotifierDirectory>,
     pub metrics: Arc<Metrics>,
     /// This node's name, in metrics and stats.
@@ -55,7 +55,7 @@ impl Hub {
     pub fn start(pool: Pool, last_event_id: i64, node: String) -> Hub {
         let metrics = Arc::new(Metrics::default());
         let node: Arc<str> = node.into();
-        let registry = StationRegistry::new(metrics.clone(), node.clone()).start();
+        let registry = Registries::start(metrics.clone(), node.clone());
         let directory = NotifierDirectory::new(metrics.clone()).start();
         let latest = Arc::new(AtomicI64::new(last_event_id));
         let publisher = Publisher::new(
@@ -109,7 +109,7 @@ impl Hub {
     /// watch. Called right after the change committed.
     pub fn user_changed(&self, user: UserId) {
         self.actors.forget(user);
-        self.registry.do_send(UserChanged { user });
+        self.registry.broadcast(UserChanged { user });
         if let Some(backplane) = &self.backplane {
             backplane.user_changed(user);
         }

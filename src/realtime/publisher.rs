@@ -19,7 +19,7 @@ use actix::prelude::*;
 
 use super::directory::NotifierDirectory;
 use super::messages::*;
-use super::registry::StationRegistry;
+use super::registry::Registries;
 use crate::db::{self, Pool};
 use crate::events::wire::{render, Rendered};
 use crate::events::{log, Audience, Event};
@@ -54,7 +54,7 @@ pub struct Publisher {
     /// The hub's newest known committed id, raised by what arrives from elsewhere.
     latest: Arc<AtomicI64>,
     pool: Pool,
-    registry: Addr<StationRegistry>,
+    registry: Registries,
     directory: Addr<NotifierDirectory>,
     metrics: Arc<Metrics>,
 }
@@ -65,7 +65,7 @@ impl Publisher {
         last_event_id: i64,
         latest: Arc<AtomicI64>,
         pool: Pool,
-        registry: Addr<StationRegistry>,
+        registry: Registries,
         directory: Addr<NotifierDirectory>,
         metrics: Arc<Metrics>,
     ) -> Publisher {
@@ -115,7 +115,7 @@ impl Publisher {
             self.route(event, &mut stations);
         }
         if !stations.is_empty() {
-            self.registry.do_send(PublishStations(stations));
+            self.registry.broadcast(PublishStations(stations));
         }
         self.stalled_since = match (self.waiting.is_empty(), self.stalled_since) {
             (true, _) => None,

@@ -1,16 +1,19 @@
-//! The `StationRegistry` actor: which connection watches which station (and who watches the
-//! `system` channel). It routes each station event to that station's watchers and the
-//! all-stations watchers, choosing the rendered form each subscription may see; every form is made
-//! once per event and shared by all its recipients.
+//! The `StationRegistry` actors: which connection watches which station (and who watches the
+//! `system` channel). There is one per worker thread, holding that thread's sessions, so handing
+//! an event to a session is a call on its own thread rather than a message across threads; events
+//! and user changes go to every registry ([`Registries`]). Each routes a station event to that
+//! station's watchers and the all-stations watchers, choosing the rendered form each subscription
+//! may see; every form is made once per event and registry and shared by all its recipients.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use super::messages::*;
-use super::outbox::{deliver, Delivery};
 use crate::clock::{iso, now_ms};
 use crate::domain::ids::{StationId, UserId};
 use crate::events::wire::{tagged, Frame, Rendered};
@@ -20,13 +23,18 @@ use serde_json::json;
 
 struct Connection {
     to: Recipient<ToSession>,
+    outlet: SharedOutlet,
     user: Option<UserId>,
     channels: Vec<Channel>,
 }
 
+/// One subscription, with what delivering to it takes (so an event needs no lookup of the
+/// connection per recipient).
 struct Watch {
     personal: PersonalData,
     tagged: bool,
+    outlet: SharedOutlet,
+    to: Recipient<ToSession>,
 }
 
 pub struct StationRegistry {
@@ -35,68 +43,159 @@ pub struct StationRegistry {
     /// connection.
     watchers: HashMap<Channel, HashMap<SessionId, Watch>>,
     metrics: Arc<Metrics>,
-    node: Arc<str>,
-    /// The counters at the previous `system_metrics` sample, for rates.
-    last_sample: (Instant, u64, u64),
 }
 
 /// How often the `system` channel gets a `system_metrics` sample (CONTRACT §4.3).
 pub const SYSTEM_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl StationRegistry {
-    pub fn new(metrics: Arc<Metrics>, node: Arc<str>) -> StationRegistry {
+    fn new(metrics: Arc<Metrics>) -> StationRegistry {
         StationRegistry {
             connections: HashMap::new(),
             watchers: HashMap::new(),
-            last_sample: (Instant::now(), 0, 0),
             metrics,
-            node,
-        }
-    }
-
-    fn subscriptions(&self) -> usize {
-        let (_, _, notifications) = self.metrics.snapshot();
-        self.watchers.values().map(HashMap::len).sum::<usize>() + notifications as usize
-    }
-
-    /// Sends a `system_metrics` sample to the `system` channel's watchers.
-    fn sample(&mut self) {
-        let (events, deliveries, _) = self.metrics.snapshot();
-        let (then, events_then, deliveries_then) = self.last_sample;
-        let secs = then.elapsed().as_secs_f64().max(0.001);
-        self.last_sample = (Instant::now(), events, deliveries);
-        let Some(watchers) = self.watchers.get(&Channel::System) else {
-            return;
-        };
-        let frame = Frame::text(&tagged(
-            &json!({
-                "type": "system_metrics",
-                "connections": self.connections.len(),
-                "subscriptions": self.subscriptions(),
-                "events_per_sec": ((events - events_then) as f64 / secs * 10.0).round() / 10.0,
-                "deliveries_per_sec": ((deliveries - deliveries_then) as f64 / secs * 10.0).round() / 10.0,
-                "node": &*self.node,
-                "timestamp": iso(now_ms()),
-            })
-            .to_string(),
-            &Channel::System.name(),
-        ));
-        for session in watchers.keys() {
-            if let Some(connection) = self.connections.get(session) {
-                connection.to.do_send(ToSession::Sample {
-                    channel: Channel::System,
-                    frame: frame.clone(),
-                });
-            }
         }
     }
 }
 
 impl Actor for StationRegistry {
     type Context = Context<Self>;
+}
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(SYSTEM_METRICS_INTERVAL, |this, _| this.sample());
+/// Every registry of one hub. Sessions register with their own thread's ([`Registries::local`]);
+/// what concerns all sessions is sent to each.
+#[derive(Clone)]
+pub struct Registries {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Tells this hub's registries from another's on the same thread (tests run several servers).
+    hub: u64,
+    shards: RwLock<Vec<Addr<StationRegistry>>>,
+    metrics: Arc<Metrics>,
+    node: Arc<str>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<HashMap<u64, Addr<StationRegistry>>> = RefCell::new(HashMap::new());
+}
+
+static NEXT_HUB: AtomicU64 = AtomicU64::new(1);
+
+impl Registries {
+    /// Starts the `system_metrics` sampler on the current arbiter.
+    pub fn start(metrics: Arc<Metrics>, node: Arc<str>) -> Registries {
+        let registries = Registries {
+            shared: Arc::new(Shared {
+                hub: NEXT_HUB.fetch_add(1, Ordering::Relaxed),
+                shards: RwLock::new(Vec::new()),
+                metrics,
+                node,
+            }),
+        };
+        actix::spawn(registries.clone().sample_forever());
+        registries
+    }
+
+    /// The registry of the calling thread, started there on first use (a worker's first session).
+    pub fn local(&self) -> Addr<StationRegistry> {
+        LOCAL.with(|local| {
+            local
+                .borrow_mut()
+                .entry(self.shared.hub)
+                .or_insert_with(|| {
+                    let shard = StationRegistry::new(self.shared.metrics.clone()).start();
+                    self.shards().push(shard.clone());
+                    shard
+                })
+                .clone()
+        })
+    }
+
+    fn shards(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Addr<StationRegistry>>> {
+        self.shared.shards.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn all(&self) -> Vec<Addr<StationRegistry>> {
+        self.shared
+            .shards
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends a message to every registry (in order, from any one sender).
+    pub fn broadcast<M>(&self, message: M)
+    where
+        M: Message<Result = ()> + Clone + Send + 'static,
+        StationRegistry: Handler<M>,
+    {
+        for shard in self.shared.shards.read().unwrap_or_else(PoisonError::into_inner).iter() {
+            shard.do_send(message.clone());
+        }
+    }
+
+    /// Sends a message to every registry and waits until each has taken it.
+    pub async fn broadcast_and_wait<M>(&self, message: M)
+    where
+        M: Message<Result = ()> + Clone + Send + 'static,
+        StationRegistry: Handler<M>,
+    {
+        for shard in self.all() {
+            // A registry whose worker already stopped has nobody left to tell.
+            let _ = shard.send(message.clone()).await;
+        }
+    }
+
+    /// This node's watchers, over every registry.
+    pub async fn stats(&self) -> RegistryStats {
+        let mut total = RegistryStats::default();
+        let mut stations: HashMap<StationId, usize> = HashMap::new();
+        for shard in self.all() {
+            // A registry whose worker stopped holds nobody.
+            let Ok(stats) = shard.send(StatsQuery).await else {
+                continue;
+            };
+            total.connections += stats.connections;
+            total.subscriptions += stats.subscriptions;
+            total.all_stations += stats.all_stations;
+            for (station, watchers) in stats.stations {
+                *stations.entry(station).or_default() += watchers;
+            }
+        }
+        let (_, _, notifications) = self.shared.metrics.snapshot();
+        total.subscriptions += notifications as usize;
+        total.stations = stations.into_iter().collect();
+        total.stations.sort();
+        total
+    }
+
+    /// A `system_metrics` sample every [`SYSTEM_METRICS_INTERVAL`], made once for the node.
+    async fn sample_forever(self) {
+        let mut last = (Instant::now(), 0u64, 0u64);
+        loop {
+            actix::clock::sleep(SYSTEM_METRICS_INTERVAL).await;
+            let (events, deliveries, _) = self.shared.metrics.snapshot();
+            let (then, events_then, deliveries_then) = last;
+            let secs = then.elapsed().as_secs_f64().max(0.001);
+            last = (Instant::now(), events, deliveries);
+            let stats = self.stats().await;
+            let frame = Frame::text(&tagged(
+                &json!({
+                    "type": "system_metrics",
+                    "connections": stats.connections,
+                    "subscriptions": stats.subscriptions,
+                    "events_per_sec": ((events - events_then) as f64 / secs * 10.0).round() / 10.0,
+                    "deliveries_per_sec": ((deliveries - deliveries_then) as f64 / secs * 10.0).round() / 10.0,
+                    "node": &*self.shared.node,
+                    "timestamp": iso(now_ms()),
+                })
+                .to_string(),
+                &Channel::System.name(),
+            ));
+            self.broadcast(SystemSample(frame));
+        }
     }
 }
 
@@ -119,8 +218,8 @@ impl StationRegistry {
         }
     }
 
-    /// Hands each watcher of `channel` its forms of `events` in one message, dropping those that
-    /// do not keep up. Each form is made once, on first need: per event, [public, private] ×
+    /// Hands each watcher of `channel` its forms of `events` at once, dropping those that do not
+    /// keep up. Each form is made once, on first need: per event, [public, private] ×
     /// [plain, tagged].
     fn fan_out(&mut self, channel: Channel, events: &[(&Rendered, StationId)]) {
         let Some(watchers) = self.watchers.get(&channel) else {
@@ -147,24 +246,22 @@ impl StationRegistry {
         let mut dropped = Vec::new();
         let mut delivered = 0;
         for (session, watch) in watchers {
-            let Some(connection) = self.connections.get(session) else {
-                continue;
-            };
-            // One event (the common case) needs no list.
-            let message = if events.len() == 1 {
-                let (event_id, frame) = form(0, watch);
-                ToSession::Event {
-                    channel,
-                    event_id,
-                    frame,
+            let mut items = (0..events.len()).map(|i| form(i, watch));
+            let attention = watch
+                .outlet
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .live(channel, &mut items);
+            match attention {
+                Attention::None => delivered += events.len() as u64,
+                Attention::Poke => {
+                    delivered += events.len() as u64;
+                    watch.to.do_send(ToSession::Attend);
                 }
-            } else {
-                let items = (0..events.len()).map(|i| form(i, watch)).collect();
-                ToSession::Events { channel, items }
-            };
-            match deliver(&connection.to, message) {
-                Delivery::Queued => delivered += events.len() as u64,
-                Delivery::Drop => dropped.push(*session),
+                Attention::Drop => {
+                    watch.to.do_send(ToSession::Attend);
+                    dropped.push(*session);
+                }
             }
         }
         self.metrics.deliveries.inc_by(delivered);
@@ -184,6 +281,7 @@ impl Handler<Connect> for StationRegistry {
                 msg.session,
                 Connection {
                     to: msg.to,
+                    outlet: msg.outlet,
                     user: msg.user,
                     channels: Vec::new(),
                 },
@@ -213,6 +311,8 @@ impl Handler<Subscribe> for StationRegistry {
         let watch = Watch {
             personal: msg.personal,
             tagged: msg.tagged,
+            outlet: connection.outlet.clone(),
+            to: connection.to.clone(),
         };
         self.watchers.entry(msg.channel).or_default().insert(msg.session, watch);
     }
@@ -300,7 +400,7 @@ impl Handler<StatsQuery> for StationRegistry {
         stations.sort();
         MessageResult(RegistryStats {
             connections: self.connections.len(),
-            subscriptions: self.subscriptions(),
+            subscriptions: self.watchers.values().map(HashMap::len).sum(),
             stations,
             all_stations: self.watchers.get(&Channel::Stations).map_or(0, HashMap::len),
         })
@@ -313,6 +413,24 @@ impl Handler<ShutDownAll> for StationRegistry {
     fn handle(&mut self, _: ShutDownAll, _: &mut Context<Self>) {
         for connection in self.connections.values() {
             connection.to.do_send(ToSession::ShutDown);
+        }
+    }
+}
+
+impl Handler<SystemSample> for StationRegistry {
+    type Result = ();
+
+    fn handle(&mut self, SystemSample(frame): SystemSample, _: &mut Context<Self>) {
+        let Some(watchers) = self.watchers.get(&Channel::System) else {
+            return;
+        };
+        for session in watchers.keys() {
+            if let Some(connection) = self.connections.get(session) {
+                connection.to.do_send(ToSession::Sample {
+                    channel: Channel::System,
+                    frame: frame.clone(),
+                });
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::domain::stations;
 use crate::error::{Error, Result};
 use crate::events::wire::{self, Frame};
 use crate::events::{log, Audience};
-use crate::realtime::messages::{Channel, Connect, Join, PersonalData, SessionId, Subscribe, ToSession};
+use crate::realtime::messages::{Channel, Connect, Join, PersonalData, SessionId, SharedOutlet, Subscribe, ToSession};
 use crate::state::AppState;
 
 /// Where a channel starts: fresh (with a snapshot) or after an event id the client already has.
@@ -50,8 +50,19 @@ pub fn close_code(error: &Error) -> (u16, String) {
 }
 
 /// Registers a new connection; returns the newest event id, for `connection_established`.
-pub fn register(state: &AppState, session: SessionId, to: Recipient<ToSession>, user: Option<UserId>) -> i64 {
-    state.hub.registry.do_send(Connect { session, to, user });
+pub fn register(
+    state: &AppState,
+    session: SessionId,
+    to: Recipient<ToSession>,
+    outlet: SharedOutlet,
+    user: Option<UserId>,
+) -> i64 {
+    state.hub.registry.local().do_send(Connect {
+        session,
+        to,
+        outlet,
+        user,
+    });
     state.hub.latest_event_id()
 }
 
@@ -151,7 +162,7 @@ pub async fn join(
                     personal: personal.clone(),
                     tagged,
                 };
-                state.hub.registry.send(subscribe).await
+                state.hub.registry.local().send(subscribe).await
             }
         };
         registered.map_err(|e| Error::Internal(anyhow::anyhow!("hub unavailable: {e}")))?;
@@ -317,7 +328,7 @@ pub async fn recheck(
                     personal,
                     tagged,
                 };
-                if state.hub.registry.send(again).await.is_err() {
+                if state.hub.registry.local().send(again).await.is_err() {
                     return;
                 }
             }

@@ -7,6 +7,7 @@
 //!
 //! - [`upgrade`]  the hand-over of the connection from HTTP to its session
 //! - [`session`]  the `WsSession` actor
+//! - [`outlet`]   the session's sending half, shared with its thread's registry
 //! - [`socket`]   the session's connection: frames in, shared frames out
 //! - [`channels`] joining a channel: authorization, registration, catch-up
 //! - [`actions`]  requests over `/ws`
@@ -15,6 +16,7 @@
 mod actions;
 mod channels;
 mod inbound;
+mod outlet;
 mod session;
 mod socket;
 pub mod upgrade;

@@ -1,11 +1,9 @@
 //! The `WsSession` actor: one per WebSocket connection, owning its socket. It speaks the protocol
-//! (heartbeat, close handshake, fragments, size and rate limits) and keeps each channel's stream in
-//! order: live events are held while the channel catches up (a snapshot or a replay from the log),
-//! and no event is sent twice. Work that needs the database (checking a token, joining a channel, an
+//! (heartbeat, close handshake, fragments, size and rate limits); its [`Outlet`] keeps each
+//! channel's stream in order. Work that needs the database (checking a token, joining a channel, an
 //! action) runs in tasks from [`super::channels`] and [`super::actions`]; the session only routes.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -17,13 +15,15 @@ use serde_json::{json, Value};
 use super::actions;
 use super::channels::{self, Start};
 use super::inbound::{RateLimiter, Reassembled, Reassembly, Verdict};
-use super::socket::{self, Flushed, Socket};
+use super::outlet::Outlet;
+use super::socket::{self, Socket};
 use crate::auth::extract::authenticate;
 use crate::auth::Actor as Identity;
 use crate::clock::{iso, now_ms};
 use crate::error::Error;
 use crate::events::wire::{text, Frame};
-use crate::realtime::messages::{Channel, Disconnect, Leave, SessionId, ToSession, Unsubscribe};
+use crate::realtime::messages::{Channel, Disconnect, Leave, SessionId, SharedOutlet, ToSession, Unsubscribe};
+use crate::realtime::registry::StationRegistry;
 use crate::state::AppState;
 
 /// A peer silent for this many heartbeats is dropped.
@@ -60,13 +60,6 @@ pub enum Kind {
     Refused { code: u16, reason: String },
 }
 
-struct ChannelState {
-    /// `Some` while catching up: the live events that arrived meanwhile.
-    held: Option<Vec<(i64, Frame)>>,
-    /// The newest event id sent on this channel.
-    last_sent: i64,
-}
-
 pub struct WsSession {
     id: SessionId,
     state: Arc<AppState>,
@@ -74,20 +67,16 @@ pub struct WsSession {
     /// `connection_established`, less `last_event_id`.
     greeting: Value,
     identity: Option<Identity>,
-    channels: HashMap<Channel, ChannelState>,
     limits: Limits,
     last_heard: Instant,
     fragments: Reassembly,
     limiter: RateLimiter,
     /// Where the first channels start (`?last_event_id=`).
     start: Start,
-    socket: Socket,
-    /// Waiting for the kernel to take more of the queue.
-    blocked: bool,
-    /// A Close frame is queued: nothing else is sent, and what the client sends is ignored.
-    closing: bool,
-    /// The Close frame is written and FIN sent.
-    close_sent: bool,
+    /// Shared with this thread's registry, which writes live events through it.
+    out: Arc<Mutex<Outlet>>,
+    /// This thread's registry.
+    registry: Addr<StationRegistry>,
     /// The client's side has ended.
     peer_gone: bool,
 }
@@ -110,15 +99,16 @@ impl Opening {
     /// Starts the session on this worker, on the connection the upgrade handed over.
     pub fn start(self, io: TcpStream, already_read: BytesMut) {
         let (socket, inbound) = Socket::split(io, already_read, self.limits.max_message);
+        let out = Outlet::new(socket, self.limits.send_queue);
         WsSession::create(move |ctx| {
             ctx.add_stream(inbound);
-            WsSession::new(self, socket)
+            WsSession::new(self, out)
         });
     }
 }
 
 impl WsSession {
-    fn new(opening: Opening, socket: Socket) -> WsSession {
+    fn new(opening: Opening, out: Outlet) -> WsSession {
         let Opening {
             id,
             state,
@@ -128,73 +118,67 @@ impl WsSession {
             limits,
             start,
         } = opening;
+        let registry = state.hub.registry.local();
         WsSession {
             id,
             state,
             kind,
             greeting,
             identity,
-            channels: HashMap::new(),
             limits,
             last_heard: Instant::now(),
             fragments: Reassembly::new(limits.max_message),
             limiter: RateLimiter::new(limits.rate_per_sec, Instant::now()),
             start,
-            socket,
-            blocked: false,
-            closing: false,
-            close_sent: false,
+            out: Arc::new(Mutex::new(out)),
+            registry,
             peer_gone: false,
         }
     }
 
+    fn out(&self) -> MutexGuard<'_, Outlet> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Writes a frame (or queues it behind those the kernel has not taken).
     fn send(&mut self, frame: Bytes, ctx: &mut Ctx) {
-        if self.closing {
-            return;
-        }
-        if self.blocked {
-            self.socket.push(frame);
-            return self.check_queue(ctx);
-        }
-        let flushed = self.socket.send(frame);
-        self.flushed(flushed, ctx);
+        self.out().send(frame);
+        self.attend(ctx);
     }
 
-    fn flush(&mut self, ctx: &mut Ctx) {
-        let flushed = self.socket.flush();
-        self.flushed(flushed, ctx);
-    }
-
-    fn flushed(&mut self, flushed: Flushed, ctx: &mut Ctx) {
-        match flushed {
-            Flushed::All => {
-                if self.closing && !self.close_sent {
-                    self.close_sent = true;
-                    self.socket.finish();
-                }
-                if self.close_sent && self.peer_gone {
-                    ctx.stop();
-                }
+    /// Does what the outlet needs of the session: stop on a broken connection, close a slow
+    /// consumer, wait for the kernel, stop once a close handshake is done.
+    fn attend(&mut self, ctx: &mut Ctx) {
+        let (failed, overflowed, wait, done) = {
+            let mut out = self.out();
+            out.attended();
+            let wait = out.blocked && !out.waiting;
+            if wait {
+                out.waiting = true;
             }
-            Flushed::Blocked => {
-                self.check_queue(ctx);
-                if !self.blocked {
-                    self.blocked = true;
-                    ctx.spawn(self.socket.writable().into_actor(self).map(|(), this, ctx| {
-                        this.blocked = false;
-                        this.flush(ctx);
-                    }));
-                }
-            }
-            Flushed::Failed => ctx.stop(),
+            (
+                out.failed,
+                out.overflowed && !out.closing,
+                wait,
+                out.close_sent && self.peer_gone,
+            )
+        };
+        if failed || done {
+            return ctx.stop();
         }
-    }
-
-    /// A client that does not read is a slow consumer once its queue is over the limit.
-    fn check_queue(&mut self, ctx: &mut Ctx) {
-        if !self.closing && self.socket.queued() > self.limits.send_queue {
-            self.overflowed(ctx);
+        if overflowed {
+            return self.overflowed(ctx);
+        }
+        if wait {
+            let writable = self.out().socket().writable();
+            ctx.spawn(writable.into_actor(self).map(|(), this, ctx| {
+                {
+                    let mut out = this.out();
+                    out.waiting = false;
+                    out.flush();
+                }
+                this.attend(ctx);
+            }));
         }
     }
 
@@ -216,12 +200,11 @@ impl WsSession {
     /// What it has not begun to receive is dropped, so the Close frame is next.
     fn overflowed(&mut self, ctx: &mut Ctx) {
         self.state.hub.metrics.slow_consumer_closes.inc();
-        self.socket.drop_unsent();
-        self.close(
-            ctx,
-            CloseCode::Other(close::TRY_AGAIN_LATER),
-            "Send queue overflow; resume with last_event_id",
-        );
+        let reason = CloseReason {
+            code: CloseCode::Other(close::TRY_AGAIN_LATER),
+            description: Some("Send queue overflow; resume with last_event_id".into()),
+        };
+        self.close_as(Some(reason), true, ctx);
     }
 
     fn tagged(&self) -> bool {
@@ -241,15 +224,14 @@ impl WsSession {
     /// Sends Close after what is queued, then FIN; the session ends when the client hangs up too,
     /// or after [`CLOSE_LINGER`].
     fn close_with(&mut self, reason: Option<CloseReason>, ctx: &mut Ctx) {
-        if self.closing {
-            return;
+        self.close_as(reason, false, ctx);
+    }
+
+    fn close_as(&mut self, reason: Option<CloseReason>, drop_unsent: bool, ctx: &mut Ctx) {
+        if self.out().close(reason, drop_unsent) {
+            ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
         }
-        self.socket.push(socket::close_frame(reason));
-        self.closing = true;
-        ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
-        if !self.blocked {
-            self.flush(ctx);
-        }
+        self.attend(ctx);
     }
 
     fn reply(&mut self, ctx: &mut Ctx, message: Value) {
@@ -258,19 +240,12 @@ impl WsSession {
 
     /// Starts catching a channel up; its live events are held until the catch-up is out.
     fn join(&mut self, channel: Channel, start: Start, ctx: &mut Ctx) {
-        if self.channels.contains_key(&channel) {
+        if !self.out().join(channel) {
             if self.tagged() {
                 self.reply(ctx, json!({"type": "subscribed", "channel": channel.name()}));
             }
             return;
         }
-        self.channels.insert(
-            channel,
-            ChannelState {
-                held: Some(Vec::new()),
-                last_sent: i64::MIN,
-            },
-        );
         let task = channels::join(
             self.state.clone(),
             self.id,
@@ -284,7 +259,7 @@ impl WsSession {
     }
 
     fn leave(&mut self, channel: Channel) {
-        if self.channels.remove(&channel).is_none() {
+        if !self.out().leave(channel) {
             return;
         }
         match (channel, &self.identity) {
@@ -292,46 +267,10 @@ impl WsSession {
                 user: actor.id,
                 session: self.id,
             }),
-            _ => self.state.hub.registry.do_send(Unsubscribe {
+            _ => self.registry.do_send(Unsubscribe {
                 session: self.id,
                 channel,
             }),
-        }
-    }
-
-    /// Live events of a channel: sent, or held while the channel catches up (a session that would
-    /// hold more than its send queue is a slow consumer).
-    fn live(&mut self, channel: Channel, items: impl IntoIterator<Item = (i64, Frame)>, ctx: &mut Ctx) {
-        let cap = self.limits.send_queue;
-        let Some(state) = self.channels.get_mut(&channel) else {
-            return;
-        };
-        for (event_id, frame) in items {
-            match &mut state.held {
-                Some(held) if held.len() >= cap => return self.overflowed(ctx),
-                Some(held) => held.push((event_id, frame)),
-                None => Self::queue_event(&mut self.socket, state, event_id, &frame),
-            }
-        }
-        self.flush_unless_blocked(ctx);
-    }
-
-    /// Queues an event the channel has not sent yet; the caller flushes once for the lot.
-    fn queue_event(socket: &mut Socket, state: &mut ChannelState, event_id: i64, frame: &Frame) {
-        if event_id > state.last_sent {
-            state.last_sent = event_id;
-            socket.push(frame.bytes().clone());
-        }
-    }
-
-    fn flush_unless_blocked(&mut self, ctx: &mut Ctx) {
-        if self.closing {
-            return;
-        }
-        if self.blocked {
-            self.check_queue(ctx);
-        } else {
-            self.flush(ctx);
         }
     }
 
@@ -402,7 +341,8 @@ impl WsSession {
     fn sign_in(&mut self, actor: Identity, start: Start, ctx: &mut Ctx) {
         let same_user = self.identity.as_ref().is_some_and(|current| current.id == actor.id);
         if !same_user {
-            for channel in self.channels.keys().copied().collect::<Vec<_>>() {
+            let channels = self.out().channels();
+            for channel in channels {
                 self.leave(channel);
             }
         }
@@ -416,20 +356,16 @@ impl WsSession {
                     tracing::warn!(error = %e, "automatic subscriptions unavailable");
                     vec![Channel::Notifications]
                 });
-                let mut names: Vec<String> = this.channels.keys().map(|c| c.name()).collect();
-                names.extend(
-                    automatic
-                        .iter()
-                        .filter(|c| !this.channels.contains_key(c))
-                        .map(|c| c.name()),
-                );
+                let current = this.out().channels();
+                let mut names: Vec<String> = current.iter().map(|c| c.name()).collect();
+                names.extend(automatic.iter().filter(|c| !current.contains(c)).map(|c| c.name()));
                 names.sort();
                 this.reply(
                     ctx,
                     json!({"type": "authenticated", "user_id": actor.id, "role": actor.role, "subscriptions": names}),
                 );
                 for channel in automatic {
-                    if !this.channels.contains_key(&channel) {
+                    if !current.contains(&channel) {
                         this.join(channel, start, ctx);
                     }
                 }
@@ -492,7 +428,7 @@ impl WsSession {
 
     /// A channel could not be joined: a seed connection closes, a `/ws` one is told and goes on.
     fn refused(&mut self, channel: Channel, error: Error, ctx: &mut Ctx) {
-        self.channels.remove(&channel);
+        self.out().leave(channel);
         match self.kind {
             Kind::Seed { .. } | Kind::Refused { .. } => {
                 let (code, reason) = channels::close_code(&error);
@@ -529,7 +465,8 @@ impl Actor for WsSession {
             .with_label_values(&[endpoint])
             .inc();
         tracing::info!(session = self.id, endpoint, user = ?self.identity.as_ref().map(|a| a.id.0), "websocket opened");
-        // The mailbox is the outbound queue: routers that find it full drop this session (1013).
+        // Messages from other threads (personal events, catch-ups) are bounded too: routers that
+        // find the mailbox full drop this session (1013).
         ctx.set_mailbox_capacity(self.limits.send_queue);
         ctx.run_interval(self.limits.heartbeat, |this, ctx| {
             if this.last_heard.elapsed() > this.limits.heartbeat * MISSED_HEARTBEATS {
@@ -543,7 +480,9 @@ impl Actor for WsSession {
         // Registering is a message the registry takes before any later one from this thread (its
         // mailbox is first in, first out), so the greeting need not wait for it.
         let to = ctx.address().recipient();
-        let last_event_id = channels::register(&self.state, self.id, to, self.identity.as_ref().map(|a| a.id));
+        let outlet: SharedOutlet = self.out.clone();
+        let user = self.identity.as_ref().map(|a| a.id);
+        let last_event_id = channels::register(&self.state, self.id, to, outlet, user);
         let mut greeting = self.greeting.clone();
         greeting["last_event_id"] = json!(last_event_id);
         self.reply(ctx, greeting);
@@ -568,8 +507,9 @@ impl Actor for WsSession {
                 .with_label_values(&[self.endpoint()])
                 .dec();
         }
-        self.state.hub.registry.do_send(Disconnect { session: self.id });
-        if let (true, Some(actor)) = (self.channels.contains_key(&Channel::Notifications), &self.identity) {
+        self.registry.do_send(Disconnect { session: self.id });
+        let notified = self.out().has(Channel::Notifications);
+        if let (true, Some(actor)) = (notified, &self.identity) {
             self.state.hub.directory.do_send(Leave {
                 user: actor.id,
                 session: self.id,
@@ -583,7 +523,7 @@ impl Handler<ToSession> for WsSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Ctx) {
         // A closing session sends nothing more.
-        if self.closing {
+        if self.out().closing {
             return;
         }
         match msg {
@@ -591,36 +531,28 @@ impl Handler<ToSession> for WsSession {
                 channel,
                 event_id,
                 frame,
-            } => self.live(channel, [(event_id, frame)], ctx),
-            ToSession::Events { channel, items } => self.live(channel, items, ctx),
+            } => {
+                self.out().live(channel, &mut std::iter::once((event_id, frame)));
+                self.attend(ctx);
+            }
+            ToSession::Events { channel, items } => {
+                self.out().live(channel, &mut items.into_iter());
+                self.attend(ctx);
+            }
             ToSession::Catchup { channel, items } => {
-                let Some(state) = self.channels.get_mut(&channel) else {
-                    return;
-                };
-                for (event_id, frame) in items {
-                    match event_id {
-                        Some(event_id) => Self::queue_event(&mut self.socket, state, event_id, &frame),
-                        None => self.socket.push(frame.bytes().clone()),
-                    }
-                }
-                self.flush_unless_blocked(ctx);
+                self.out().catch_up(channel, items);
+                self.attend(ctx);
             }
             ToSession::GoLive { channel, position } => {
-                let Some(state) = self.channels.get_mut(&channel) else {
-                    return;
-                };
-                state.last_sent = state.last_sent.max(position);
-                for (event_id, frame) in state.held.take().unwrap_or_default() {
-                    Self::queue_event(&mut self.socket, state, event_id, &frame);
-                }
-                self.flush_unless_blocked(ctx);
+                self.out().go_live(channel, position);
+                self.attend(ctx);
             }
             ToSession::Refused { channel, error } => self.refused(channel, error, ctx),
             ToSession::Recheck => {
                 let Some(user) = self.identity.as_ref().map(|a| a.id) else {
                     return;
                 };
-                let channels = self.channels.keys().copied().collect();
+                let channels = self.out().channels();
                 let task = channels::recheck(
                     self.state.clone(),
                     self.id,
@@ -650,11 +582,12 @@ impl Handler<ToSession> for WsSession {
                 _ => self.refused(channel, error, ctx),
             },
             ToSession::Sample { channel, frame } => {
-                if self.channels.get(&channel).is_some_and(|c| c.held.is_none()) {
+                if self.out().is_live(channel) {
                     self.send(frame.bytes().clone(), ctx);
                 }
             }
             ToSession::Overflowed => self.overflowed(ctx),
+            ToSession::Attend => self.attend(ctx),
             ToSession::ShutDown => self.close(ctx, CloseCode::Away, "Server shutting down"),
         }
     }
@@ -664,7 +597,7 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
     fn handle(&mut self, frame: Result<WsFrame, ProtocolError>, ctx: &mut Ctx) {
         self.last_heard = Instant::now();
         // After its Close the session only waits for the client to hang up.
-        if self.closing {
+        if self.out().closing {
             return;
         }
         let frame = match frame {
@@ -708,7 +641,9 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
     /// The client's side ended: after a close handshake, or without one (the peer vanished).
     fn finished(&mut self, ctx: &mut Ctx) {
         self.peer_gone = true;
-        if !self.closing || self.close_sent {
+        let out = self.out();
+        if !out.closing || out.close_sent {
+            drop(out);
             ctx.stop();
         }
     }
