@@ -253,30 +253,33 @@ impl Trigger {
 
 /// Fires the additions from a thread and runtime of its own, so that a trigger's answer is not
 /// queued behind the thousands of subscriber tasks of the generator itself (the same for both
-/// targets). Returns when the first addition was sent.
+/// targets). Returns when the first addition was sent, and how long each unpaced one took to be
+/// answered (microseconds).
 fn fire_all(
     to: TriggerTo,
     events: usize,
     pace: Option<Duration>,
     sent_at: Arc<Mutex<Vec<Instant>>>,
-) -> std::thread::JoinHandle<anyhow::Result<Instant>> {
+) -> std::thread::JoinHandle<anyhow::Result<(Instant, Vec<u64>)>> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
             let mut trigger = Trigger::connect(to).await?;
             let started = Instant::now();
+            let mut answered = Vec::with_capacity(events);
             for k in 0..events {
                 if let Some(pace) = pace {
                     tokio::time::sleep_until((started + pace * k as u32).into()).await;
                 }
-                sent_at
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("poisoned"))?
-                    .push(Instant::now());
+                let sent = Instant::now();
+                sent_at.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(sent);
                 trigger.fire(k, pace.is_some()).await?;
+                if pace.is_none() {
+                    answered.push(sent.elapsed().as_micros() as u64);
+                }
             }
             trigger.settle().await?;
-            Ok(started)
+            Ok((started, answered))
         })
     })
 }
@@ -493,6 +496,8 @@ struct FanoutResult {
     total: usize,
     span: Duration,
     latency: stats::Summary,
+    /// How long each unpaced trigger took to be answered.
+    answered: stats::Summary,
 }
 
 impl FanoutResult {
@@ -534,6 +539,17 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             ms(l.max),
             l.count
         );
+        let a = &result.answered;
+        if a.count > 0 {
+            println!(
+                "  {:<9} trigger answered (ms) p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+                "",
+                ms(a.p50),
+                ms(a.p90),
+                ms(a.p99),
+                ms(a.max)
+            );
+        }
         results.push(result);
     }
     if let [ours, theirs] = &results[..] {
@@ -597,7 +613,7 @@ async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutRe
     for reader in readers {
         readers_done.push(reader.await?);
     }
-    let started = trigger
+    let (started, answered) = trigger
         .join()
         .map_err(|_| anyhow::anyhow!("the trigger thread panicked"))??;
     let mut latencies = Vec::new();
@@ -612,6 +628,7 @@ async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutRe
         total: args.subscribers * expected,
         span: last - started,
         latency: summarize(latencies),
+        answered: summarize(answered),
     })
 }
 

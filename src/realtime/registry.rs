@@ -6,7 +6,7 @@
 //! may see; every form is made once per event and registry and shared by all its recipients.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -42,6 +42,10 @@ pub struct StationRegistry {
     /// Channel → who watches it. Indexed by channel so an event costs its own audience, not every
     /// connection.
     watchers: HashMap<Channel, HashMap<SessionId, Watch>>,
+    /// Publications not yet delivered to every watcher, oldest first.
+    backlog: VecDeque<Job>,
+    /// A continuation of [`StationRegistry::drain`] is scheduled.
+    draining: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -53,6 +57,8 @@ impl StationRegistry {
         StationRegistry {
             connections: HashMap::new(),
             watchers: HashMap::new(),
+            backlog: VecDeque::new(),
+            draining: false,
             metrics,
         }
     }
@@ -218,56 +224,113 @@ impl StationRegistry {
         }
     }
 
-    /// Hands each watcher of `channel` its forms of `events` at once, dropping those that do not
-    /// keep up. Each form is made once, on first need: per event, [public, private] ×
-    /// [plain, tagged].
-    fn fan_out(&mut self, channel: Channel, events: &[(&Rendered, StationId)]) {
-        let Some(watchers) = self.watchers.get(&channel) else {
-            return;
-        };
-        if events.is_empty() {
-            return;
-        }
-        let name = channel.name();
-        let mut forms: Vec<[[Option<Frame>; 2]; 2]> = vec![Default::default(); events.len()];
-        let mut form = |i: usize, watch: &Watch| {
-            let (event, station) = events[i];
-            let shown = watch.personal.shown_for(station);
-            let frame = forms[i][usize::from(shown)][usize::from(watch.tagged)].get_or_insert_with(|| {
-                let plain = event.for_viewer(shown);
-                if watch.tagged {
-                    Frame::text(&tagged(plain, &name))
-                } else {
-                    Frame::text(plain)
-                }
-            });
-            (event.event_id, frame.clone())
-        };
+    /// Delivers a slice of the backlog, then lets the thread's other work run (an HTTP request
+    /// waiting behind a fan-out to thousands would otherwise wait for all of it) and goes on.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        let mut budget = FAN_OUT_SLICE;
+        let mut delivered = 0u64;
         let mut dropped = Vec::new();
-        let mut delivered = 0;
-        for (session, watch) in watchers {
-            let mut items = (0..events.len()).map(|i| form(i, watch));
-            let attention = watch
-                .outlet
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .live(channel, &mut items);
-            match attention {
-                Attention::None => delivered += events.len() as u64,
-                Attention::Poke => {
-                    delivered += events.len() as u64;
-                    watch.to.do_send(ToSession::Attend);
+        while budget > 0 {
+            let Some(job) = self.backlog.front_mut() else { break };
+            let watchers = self.watchers.get(&job.channel);
+            while budget > 0 && job.next < job.sessions.len() {
+                let session = job.sessions[job.next];
+                job.next += 1;
+                budget -= 1;
+                // Gone since (or overflowed): nothing to deliver.
+                let Some(watch) = watchers.and_then(|w| w.get(&session)) else {
+                    continue;
+                };
+                let channel = job.channel;
+                let mut items = (0..job.events.len()).map(|i| job.form(i, watch));
+                let attention = watch
+                    .outlet
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .live(channel, &mut items);
+                match attention {
+                    Attention::None => delivered += job.events.len() as u64,
+                    Attention::Poke => {
+                        delivered += job.events.len() as u64;
+                        watch.to.do_send(ToSession::Attend);
+                    }
+                    Attention::Drop => {
+                        watch.to.do_send(ToSession::Attend);
+                        dropped.push(session);
+                    }
                 }
-                Attention::Drop => {
-                    watch.to.do_send(ToSession::Attend);
-                    dropped.push(*session);
+            }
+            if job.next >= job.sessions.len() {
+                if job.last_of_publication {
+                    let now = now_ms();
+                    for (event, _) in &job.events {
+                        self.metrics
+                            .deliver_latency
+                            .observe(now.saturating_sub(event.at) as f64 / 1000.0);
+                    }
                 }
+                self.backlog.pop_front();
             }
         }
         self.metrics.deliveries.inc_by(delivered);
         for session in dropped {
             self.forget(session);
         }
+        if !self.backlog.is_empty() && !self.draining {
+            self.draining = true;
+            let later = actix::fut::wrap_future(tokio::task::yield_now());
+            ctx.spawn(later.map(|(), this: &mut Self, ctx| {
+                this.draining = false;
+                this.drain(ctx);
+            }));
+        }
+    }
+}
+
+/// Deliveries a registry makes before letting other work on its thread run.
+const FAN_OUT_SLICE: usize = 256;
+
+/// One channel's share of a publication, delivered a slice at a time.
+struct Job {
+    channel: Channel,
+    name: String,
+    events: Vec<(Arc<Rendered>, StationId)>,
+    /// Who watched when the events arrived; a later subscriber starts from a snapshot (or a
+    /// replay) that covers them.
+    sessions: Vec<SessionId>,
+    next: usize,
+    /// Each form, made once on first need: per event, [public, private] × [plain, tagged].
+    forms: Vec<[[Option<Frame>; 2]; 2]>,
+    /// The publication's delivery latency is observed when this job is done.
+    last_of_publication: bool,
+}
+
+impl Job {
+    fn new(channel: Channel, events: Vec<(Arc<Rendered>, StationId)>, sessions: Vec<SessionId>) -> Job {
+        Job {
+            channel,
+            name: channel.name(),
+            forms: vec![Default::default(); events.len()],
+            events,
+            sessions,
+            next: 0,
+            last_of_publication: false,
+        }
+    }
+
+    fn form(&mut self, i: usize, watch: &Watch) -> (i64, Frame) {
+        let (event, station) = &self.events[i];
+        let shown = watch.personal.shown_for(*station);
+        let name = &self.name;
+        let frame = self.forms[i][usize::from(shown)][usize::from(watch.tagged)].get_or_insert_with(|| {
+            let plain = event.for_viewer(shown);
+            if watch.tagged {
+                Frame::text(&tagged(plain, name))
+            } else {
+                Frame::text(plain)
+            }
+        });
+        (event.event_id, frame.clone())
     }
 }
 
@@ -332,27 +395,43 @@ impl Handler<Unsubscribe> for StationRegistry {
 impl Handler<PublishStations> for StationRegistry {
     type Result = ();
 
-    fn handle(&mut self, PublishStations(events): PublishStations, _: &mut Context<Self>) {
-        let stationed: Vec<(&Rendered, StationId)> = events
+    /// Queues a job per channel that has watchers here: the all-stations channel, then each
+    /// station's own; each watcher gets its events at once.
+    fn handle(&mut self, PublishStations(events): PublishStations, ctx: &mut Context<Self>) {
+        let stationed: Vec<(Arc<Rendered>, StationId)> = events
             .iter()
             .filter_map(|e| match e.audience {
-                Audience::Station(station) => Some((&**e, station)),
+                Audience::Station(station) => Some((e.clone(), station)),
                 Audience::User(_) => None,
             })
             .collect();
-        self.fan_out(Channel::Stations, &stationed);
+        let mut channels = vec![Channel::Stations];
         let mut stations: Vec<StationId> = stationed.iter().map(|(_, station)| *station).collect();
         stations.sort_unstable();
         stations.dedup();
-        for station in stations {
-            let mine: Vec<_> = stationed.iter().copied().filter(|(_, s)| *s == station).collect();
-            self.fan_out(Channel::Station(station), &mine);
+        channels.extend(stations.into_iter().map(Channel::Station));
+        let before = self.backlog.len();
+        for channel in channels {
+            let Some(watchers) = self.watchers.get(&channel) else {
+                continue;
+            };
+            let mine: Vec<_> = stationed
+                .iter()
+                .filter(|(_, station)| channel == Channel::Stations || channel == Channel::Station(*station))
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                self.backlog
+                    .push_back(Job::new(channel, mine, watchers.keys().copied().collect()));
+            }
         }
-        let now = now_ms();
-        for event in &events {
-            self.metrics
-                .deliver_latency
-                .observe(now.saturating_sub(event.at) as f64 / 1000.0);
+        if self.backlog.len() > before {
+            if let Some(last) = self.backlog.back_mut() {
+                last.last_of_publication = true;
+            }
+        }
+        if !self.draining {
+            self.drain(ctx);
         }
     }
 }
