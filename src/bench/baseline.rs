@@ -2,7 +2,8 @@
 //! tokio and tungstenite — no database, no auth, no event log, no ordering or delivery guarantees,
 //! a lagging subscriber simply skips. It speaks just enough of swapcast's protocol for the
 //! workloads: a greeting and a snapshot on connect, and two messages per trigger (the
-//! `battery_added` and `inventory_update` of a real addition), broadcast to every subscriber.
+//! `battery_added` and `inventory_update` of a real addition, with the same fields as swapcast's,
+//! so a client does the same work per message on either side), broadcast to every subscriber.
 //!
 //! Triggers come over a WebSocket on `/publish` (one text message per addition, answered with
 //! `ok` once broadcast) rather than REST: the baseline's trigger should cost as little as
@@ -52,9 +53,14 @@ async fn connection(stream: TcpStream, events: Arc<broadcast::Sender<Utf8Bytes>>
         while let Some(Ok(message)) = ws.next().await {
             if message.is_text() {
                 k += 1;
-                let added = format!(r#"{{"type":"battery_added","station_id":1,"battery_id":{k}}}"#);
-                let inventory =
-                    format!(r#"{{"type":"inventory_update","station_id":1,"action":"add","total_batteries":{k}}}"#);
+                let (event, at) = (2 * k, crate::clock::iso(crate::clock::now_ms()));
+                let added = format!(
+                    r#"{{"type":"battery_added","station_id":1,"station_name":"Bench Station","battery_id":{k},"available_batteries":{k},"total_batteries":{k},"event_id":{},"timestamp":"{at}"}}"#,
+                    event - 1
+                );
+                let inventory = format!(
+                    r#"{{"type":"inventory_update","station_id":1,"station_name":"Bench Station","available_batteries":{k},"booked_batteries":0,"total_batteries":{k},"action":"add","event_id":{event},"timestamp":"{at}"}}"#
+                );
                 let _ = events.send(added.into());
                 let _ = events.send(inventory.into());
                 // The answer a REST call would give, so a trigger can wait for it as for swapcast's.

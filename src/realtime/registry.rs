@@ -46,6 +46,9 @@ pub struct StationRegistry {
     backlog: VecDeque<Job>,
     /// A continuation of [`StationRegistry::drain`] is scheduled.
     draining: bool,
+    /// Counts subscriptions made: a job may take a later publication's events only if nobody
+    /// subscribed in between (a newcomer must get those).
+    subscribed: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -59,6 +62,7 @@ impl StationRegistry {
             watchers: HashMap::new(),
             backlog: VecDeque::new(),
             draining: false,
+            subscribed: 0,
             metrics,
         }
     }
@@ -303,11 +307,19 @@ struct Job {
     forms: Vec<[[Option<Frame>; 2]; 2]>,
     /// The publication's delivery latency is observed when this job is done.
     last_of_publication: bool,
+    /// [`StationRegistry::subscribed`] when the job was made.
+    subscribed: u64,
 }
 
 impl Job {
-    fn new(channel: Channel, events: Vec<(Arc<Rendered>, StationId)>, sessions: Vec<SessionId>) -> Job {
+    fn new(
+        channel: Channel,
+        events: Vec<(Arc<Rendered>, StationId)>,
+        sessions: Vec<SessionId>,
+        subscribed: u64,
+    ) -> Job {
         Job {
+            subscribed,
             channel,
             name: channel.name(),
             forms: vec![Default::default(); events.len()],
@@ -378,6 +390,7 @@ impl Handler<Subscribe> for StationRegistry {
             to: connection.to.clone(),
         };
         self.watchers.entry(msg.channel).or_default().insert(msg.session, watch);
+        self.subscribed += 1;
     }
 }
 
@@ -410,7 +423,6 @@ impl Handler<PublishStations> for StationRegistry {
         stations.sort_unstable();
         stations.dedup();
         channels.extend(stations.into_iter().map(Channel::Station));
-        let before = self.backlog.len();
         for channel in channels {
             let Some(watchers) = self.watchers.get(&channel) else {
                 continue;
@@ -420,15 +432,26 @@ impl Handler<PublishStations> for StationRegistry {
                 .filter(|(_, station)| channel == Channel::Stations || channel == Channel::Station(*station))
                 .cloned()
                 .collect();
-            if !mine.is_empty() {
-                self.backlog
-                    .push_back(Job::new(channel, mine, watchers.keys().copied().collect()));
+            if mine.is_empty() {
+                continue;
+            }
+            // Behind on deliveries, consecutive publications to the same watchers go out
+            // together: one write per watcher for several commits.
+            match self.backlog.back_mut() {
+                Some(last) if last.next == 0 && last.channel == channel && last.subscribed == self.subscribed => {
+                    last.forms
+                        .extend(std::iter::repeat_with(Default::default).take(mine.len()));
+                    last.events.extend(mine);
+                }
+                _ => {
+                    let sessions = watchers.keys().copied().collect();
+                    self.backlog
+                        .push_back(Job::new(channel, mine, sessions, self.subscribed));
+                }
             }
         }
-        if self.backlog.len() > before {
-            if let Some(last) = self.backlog.back_mut() {
-                last.last_of_publication = true;
-            }
+        if let Some(last) = self.backlog.back_mut() {
+            last.last_of_publication = true;
         }
         if !self.draining {
             self.drain(ctx);
@@ -511,5 +534,93 @@ impl Handler<SystemSample> for StationRegistry {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::events::wire::Rendered;
+
+    /// Stands in for a session's actor: pokes are ignored.
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<ToSession> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: ToSession, _: &mut Context<Self>) {}
+    }
+
+    /// Records the event ids each delivery call hands over.
+    #[derive(Default)]
+    struct Recorder(Vec<i64>);
+    impl Outlet for Recorder {
+        fn live(&mut self, _: Channel, items: &mut dyn Iterator<Item = (i64, Frame)>) -> Attention {
+            self.0.extend(items.map(|(id, _)| id));
+            Attention::None
+        }
+    }
+
+    fn publication(event_id: i64) -> PublishStations {
+        PublishStations(vec![Arc::new(Rendered {
+            event_id,
+            at: now_ms(),
+            audience: Audience::Station(StationId(1)),
+            public: format!(r#"{{"event_id":{event_id}}}"#).into(),
+            private: None,
+        })])
+    }
+
+    async fn watch(registry: &Addr<StationRegistry>, session: SessionId) -> Arc<Mutex<Recorder>> {
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let outlet: SharedOutlet = recorder.clone();
+        let to = Sink.start().recipient();
+        registry.do_send(Connect {
+            session,
+            to,
+            outlet,
+            user: None,
+        });
+        registry
+            .send(Subscribe {
+                session,
+                channel: Channel::Station(StationId(1)),
+                personal: PersonalData::Hidden,
+                tagged: false,
+            })
+            .await
+            .unwrap();
+        recorder
+    }
+
+    /// More watchers than one slice, publications arriving while a fan-out is under way, and a
+    /// subscriber joining between two of them: everyone gets every event after they joined, once
+    /// and in order.
+    #[actix::test]
+    async fn sliced_and_merged_fan_out_keeps_order_and_newcomers() {
+        let registry = StationRegistry::new(Arc::default()).start();
+        let mut early = Vec::new();
+        for session in 0..(FAN_OUT_SLICE as u64 * 2 + 10) {
+            early.push(watch(&registry, session).await);
+        }
+        registry.do_send(publication(1));
+        registry.do_send(publication(2));
+        let newcomer = watch(&registry, 10_000).await;
+        registry.do_send(publication(3));
+        registry.do_send(publication(4));
+        let all_done = || early.iter().all(|r| r.lock().unwrap().0.len() == 4) && newcomer.lock().unwrap().0.len() >= 2;
+        for _ in 0..200 {
+            if all_done() {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        for recorder in &early {
+            assert_eq!(recorder.lock().unwrap().0, vec![1, 2, 3, 4]);
+        }
+        assert_eq!(newcomer.lock().unwrap().0, vec![3, 4]);
     }
 }
