@@ -13,8 +13,10 @@
 //! - [`db`]       the SQLite/PostgreSQL connection, pool, migrations, schema and row models
 //! - [`domain`]   ids, validated values, one service per aggregate; each returns its events
 //! - [`events`]   the event vocabulary (seed 001's messages) and the event log
-//! - [`realtime`] the actors that route committed events to sessions: publisher, registry, notifiers
-//! - [`ws`]       the WebSocket endpoints and the session actor (the only user of actix-web-actors)
+//! - [`realtime`] the actors that route committed events to sessions: publisher, a registry per
+//!   worker thread, notifiers
+//! - [`ws`]       the WebSocket endpoints, the hand-over of the connection at the upgrade, the
+//!   session actor and its outlet
 //! - [`http`]     REST routes, input parsing at the edge, idempotency, health, the protocol documents
 //! - [`sweeper`]  booking expiry and pruning in the background
 //! - [`clock`]    time as stored (unix ms) and as shown (RFC 3339)

@@ -182,8 +182,9 @@ enum Trigger {
         http: reqwest::Client,
         url: String,
         token: String,
-        /// Paced requests in flight, awaited at the end so none fails unseen.
-        pending: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+        /// Paced requests in flight, awaited at the end so none fails unseen; each gives how long
+        /// it took to be answered (microseconds).
+        pending: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
     },
     Socket(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>),
 }
@@ -219,9 +220,10 @@ impl Trigger {
                     .bearer_auth(token.as_str())
                     .json(&json!({"serial": format!("BENCH-{k}"), "model": "Bench Battery"}))
                     .send();
+                let sent = Instant::now();
                 let request = async move {
                     request.await?.error_for_status()?;
-                    Ok(())
+                    Ok(sent.elapsed().as_micros() as u64)
                 };
                 if paced {
                     pending.push(tokio::spawn(request));
@@ -240,21 +242,22 @@ impl Trigger {
         Ok(())
     }
 
-    /// Waits for paced requests still in flight.
-    async fn settle(self) -> anyhow::Result<()> {
+    /// Waits for paced requests still in flight; how long each took to be answered.
+    async fn settle(self) -> anyhow::Result<Vec<u64>> {
+        let mut answered = Vec::new();
         if let Trigger::Rest { pending, .. } = self {
             for request in pending {
-                request.await??;
+                answered.push(request.await??);
             }
         }
-        Ok(())
+        Ok(answered)
     }
 }
 
 /// Fires the additions from a thread and runtime of its own, so that a trigger's answer is not
 /// queued behind the thousands of subscriber tasks of the generator itself (the same for both
-/// targets). Returns when the first addition was sent, and how long each unpaced one took to be
-/// answered (microseconds).
+/// targets). Returns when the first addition was sent, and how long each took to be answered
+/// (microseconds; a paced trigger on the baseline is not answered).
 fn fire_all(
     to: TriggerTo,
     events: usize,
@@ -278,7 +281,7 @@ fn fire_all(
                     answered.push(sent.elapsed().as_micros() as u64);
                 }
             }
-            trigger.settle().await?;
+            answered.extend(trigger.settle().await?);
             Ok((started, answered))
         })
     })
@@ -496,7 +499,7 @@ struct FanoutResult {
     total: usize,
     span: Duration,
     latency: stats::Summary,
-    /// How long each unpaced trigger took to be answered.
+    /// How long each trigger took to be answered.
     answered: stats::Summary,
 }
 
@@ -601,7 +604,9 @@ async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutRe
                         added += 1;
                     }
                 }
-                me
+                // The socket is kept open until every subscriber is done: a reader that hung up
+                // early would load the server while the last events still go out to the others.
+                (me, ws)
             })
         })
         .collect();
@@ -610,9 +615,13 @@ async fn fanout_on(target: Target, args: &FanoutArgs) -> anyhow::Result<FanoutRe
     let trigger = fire_all(trigger, args.events, pace, sent_at.clone());
 
     let mut readers_done = Vec::with_capacity(readers.len());
+    let mut sockets = Vec::with_capacity(readers.len());
     for reader in readers {
-        readers_done.push(reader.await?);
+        let (me, ws) = reader.await?;
+        readers_done.push(me);
+        sockets.push(ws);
     }
+    drop(sockets);
     let (started, answered) = trigger
         .join()
         .map_err(|_| anyhow::anyhow!("the trigger thread panicked"))??;

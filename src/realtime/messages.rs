@@ -38,14 +38,12 @@ pub enum Attention {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// A live event on a channel (already rendered for this session's audience).
+    /// A personal event (station events reach sessions through their outlets).
     Event {
         channel: Channel,
         event_id: i64,
         frame: Frame,
     },
-    /// Several live events on a channel, in order: one commit's, handed over in one message.
-    Events { channel: Channel, items: Vec<(i64, Frame)> },
     /// What a channel needs before its live events: a snapshot (no ids) or replayed events (ids), in order.
     Catchup {
         channel: Channel,

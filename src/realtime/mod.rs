@@ -2,7 +2,7 @@
 //!
 //! - [`backplane`] carries events between the nodes of a cluster (NATS)
 //! - [`publisher`] orders committed events by id and renders each once per audience
-//! - [`registry`]  the `StationRegistry`: station → watching sessions
+//! - [`registry`]  a `StationRegistry` per worker thread: station → that thread's watching sessions
 //! - [`directory`] starts and stops one [`notifier::Notifier`] per connected user
 //! - [`notifier`]  a user's sessions
 //! - [`outbox`]    the never-wait rule for handing a message to a session

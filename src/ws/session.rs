@@ -535,10 +535,6 @@ impl Handler<ToSession> for WsSession {
                 self.out().live(channel, &mut std::iter::once((event_id, frame)));
                 self.attend(ctx);
             }
-            ToSession::Events { channel, items } => {
-                self.out().live(channel, &mut items.into_iter());
-                self.attend(ctx);
-            }
             ToSession::Catchup { channel, items } => {
                 self.out().catch_up(channel, items);
                 self.attend(ctx);
