@@ -376,3 +376,81 @@ async fn silent_peers_are_dropped_and_live_ones_kept() {
     app.battery(station, "STILL-LIVE").await;
     assert_eq!(live.next_json().await["type"], "battery_added");
 }
+
+/// Sends `request` over a fresh connection and reads until the server closes it (bounded).
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection after answering")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An upgrade request the app does not turn into a WebSocket gets the app's HTTP answer, and the
+/// connection is closed after it.
+#[actix_web::test]
+async fn upgrade_requests_that_are_not_websocket_handshakes_get_an_http_answer() {
+    let app = spawn_app_with(|_| {}).await;
+    // A WebSocket endpoint without the handshake's key and version.
+    let answer = raw_exchange(
+        &app,
+        b"GET /ws/stations/ HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A well-formed handshake on a route that is not a WebSocket: the route's own answer.
+    let answer = raw_exchange(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(answer.contains("ok"), "{answer}");
+    // The server goes on serving.
+    let reply = app.get("/healthz", None).await;
+    assert_eq!(reply.status, 200);
+}
+
+/// A client may send its first frame in the same packet as the handshake: the session reads it.
+#[actix_web::test]
+async fn a_frame_sent_with_the_handshake_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|_| {}).await;
+    let station = app.station("S", None).await;
+    let mut bytes = format!(
+        "GET /ws/stations/{station}/ HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    // A masked text frame, as clients must send.
+    let payload = br#"{"type":"ping","timestamp":"first"}"#;
+    let mask = [7u8, 1, 9, 3];
+    bytes.extend([0x81, 0x80 | payload.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(r#""type":"pong""#) && Instant::now() < deadline {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert!(read > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..read]);
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 101"), "{seen}");
+    assert!(seen.contains(r#"{"timestamp":"first","type":"pong"}"#), "{seen}");
+}
