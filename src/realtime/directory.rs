@@ -101,17 +101,7 @@ impl Handler<CountQuery> for NotifierDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::realtime::messages::ToSession;
-
-    /// Stands in for a session.
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<ToSession> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: ToSession, _: &mut Context<Self>) {}
-    }
+    use crate::realtime::sink::Sink;
 
     #[actix::test]
     async fn a_notifier_lives_from_the_first_join_to_the_last_leave() {

@@ -15,6 +15,8 @@ pub mod notifier;
 pub mod outbox;
 pub mod publisher;
 pub mod registry;
+#[cfg(test)]
+mod sink;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

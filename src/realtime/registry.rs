@@ -543,16 +543,7 @@ mod tests {
 
     use super::*;
     use crate::events::wire::Rendered;
-
-    /// Stands in for a session's actor: pokes are ignored.
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<ToSession> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: ToSession, _: &mut Context<Self>) {}
-    }
+    use crate::realtime::sink::Sink;
 
     /// Records the event ids each delivery call hands over.
     #[derive(Default)]

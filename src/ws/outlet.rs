@@ -113,12 +113,7 @@ impl Outlet {
         if self.closing {
             return;
         }
-        let Some(state) = self
-            .channels
-            .iter_mut()
-            .find(|(c, _)| *c == channel)
-            .map(|(_, state)| state)
-        else {
+        let Some(state) = state_of(&mut self.channels, channel) else {
             return;
         };
         for (event_id, frame) in items {
@@ -139,12 +134,7 @@ impl Outlet {
         if self.closing {
             return;
         }
-        let Some(state) = self
-            .channels
-            .iter_mut()
-            .find(|(c, _)| *c == channel)
-            .map(|(_, state)| state)
-        else {
+        let Some(state) = state_of(&mut self.channels, channel) else {
             return;
         };
         for (event_id, frame) in items {
@@ -161,12 +151,7 @@ impl Outlet {
         if self.closing {
             return;
         }
-        let Some(state) = self
-            .channels
-            .iter_mut()
-            .find(|(c, _)| *c == channel)
-            .map(|(_, state)| state)
-        else {
+        let Some(state) = state_of(&mut self.channels, channel) else {
             return;
         };
         state.last_sent = state.last_sent.max(position);
@@ -237,6 +222,11 @@ impl Outlet {
     pub fn attended(&mut self) {
         self.poked = false;
     }
+}
+
+/// A channel's place in the stream (a free function, so the socket stays borrowable beside it).
+fn state_of(channels: &mut [(Channel, ChannelState)], channel: Channel) -> Option<&mut ChannelState> {
+    channels.iter_mut().find(|(c, _)| *c == channel).map(|(_, state)| state)
 }
 
 /// Queues an event the channel has not sent yet; the caller flushes once for the lot.

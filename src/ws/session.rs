@@ -109,27 +109,19 @@ impl Opening {
 
 impl WsSession {
     fn new(opening: Opening, out: Outlet) -> WsSession {
-        let Opening {
-            id,
-            state,
-            kind,
-            greeting,
-            identity,
-            limits,
-            start,
-        } = opening;
-        let registry = state.hub.registry.local();
+        let registry = opening.state.hub.registry.local();
+        let limits = opening.limits;
         WsSession {
-            id,
-            state,
-            kind,
-            greeting,
-            identity,
+            id: opening.id,
+            state: opening.state,
+            kind: opening.kind,
+            greeting: opening.greeting,
+            identity: opening.identity,
             limits,
             last_heard: Instant::now(),
             fragments: Reassembly::new(limits.max_message),
             limiter: RateLimiter::new(limits.rate_per_sec, Instant::now()),
-            start,
+            start: opening.start,
             out: Arc::new(Mutex::new(out)),
             registry,
             peer_gone: false,

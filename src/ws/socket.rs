@@ -104,32 +104,24 @@ impl Socket {
     pub fn flush(&mut self) -> Flushed {
         while !self.queue.is_empty() {
             // One frame (the usual case) is a plain write: cheaper in the kernel than a vector.
-            if self.queue.len() == 1 {
-                let front = &self.queue[0];
-                let written = match self.io.try_write(front) {
-                    Ok(0) => return Flushed::Failed,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return Flushed::Failed,
-                };
-                self.consume(written);
-                continue;
-            }
-            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(&self.queue) {
-                *slot = IoSlice::new(frame);
-                count += 1;
-            }
-            let written = match self.io.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Flushed::Failed,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Flushed::Failed,
+            let result = if self.queue.len() == 1 {
+                self.io.try_write(&self.queue[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(&self.queue) {
+                    *slot = IoSlice::new(frame);
+                    count += 1;
+                }
+                self.io.try_write_vectored(&slices[..count])
             };
-            self.consume(written);
+            match result {
+                Ok(0) => return Flushed::Failed,
+                Ok(written) => self.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Flushed::Failed,
+            }
         }
         // An emptied queue that once grew gives its memory back: idle sockets keep nothing.
         if self.queue.capacity() > WRITE_BATCH {
