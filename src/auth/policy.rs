@@ -45,6 +45,12 @@ pub fn sees_personal_data(actor: Option<&Actor>, station_operator: Option<UserId
     actor.is_some_and(|a| is_station_staff(a, station_operator))
 }
 
+/// Whether a caller could see personal data at any station (admins; operators, at their own).
+/// For anyone else a subscription needs no look at which stations they operate.
+pub fn may_see_personal_data_somewhere(actor: Option<&Actor>) -> bool {
+    actor.is_some_and(|a| matches!(a.role, Role::Admin | Role::Operator))
+}
+
 /// Whether a caller sees personal data of every station, present and future: admins.
 pub fn sees_all_personal_data(actor: Option<&Actor>) -> bool {
     actor.is_some_and(|a| a.role == Role::Admin)
@@ -86,5 +92,29 @@ mod tests {
         assert!(may_read_stations(None, true).is_ok());
         assert!(matches!(may_read_stations(None, false), Err(Error::Unauthenticated)));
         assert!(may_read_stations(Some(&actor(1, Role::User)), false).is_ok());
+    }
+
+    #[test]
+    fn who_sees_no_personal_data_anywhere_sees_it_at_no_station() {
+        let operators = [None, Some(UserId(1)), Some(UserId(2))];
+        let callers = [
+            None,
+            Some(actor(1, Role::Admin)),
+            Some(actor(1, Role::Operator)),
+            Some(actor(1, Role::User)),
+        ];
+        for caller in &callers {
+            for operator in operators {
+                if !may_see_personal_data_somewhere(caller.as_ref()) {
+                    assert!(
+                        !sees_personal_data(caller.as_ref(), operator),
+                        "{caller:?} at {operator:?}"
+                    );
+                }
+            }
+        }
+        assert!(!may_see_personal_data_somewhere(None));
+        assert!(!may_see_personal_data_somewhere(Some(&actor(1, Role::User))));
+        assert!(may_see_personal_data_somewhere(Some(&actor(1, Role::Operator))));
     }
 }

@@ -92,8 +92,9 @@ async fn authorize(state: &AppState, actor: Option<&Actor>, channel: Channel) ->
             policy::require_admin(actor.ok_or(Error::Unauthenticated)?)?;
             Ok(PersonalData::Hidden)
         }
-        Channel::Stations if actor.is_none() => {
-            // Anonymous watchers see no personal data anywhere: no need to ask the database.
+        Channel::Stations if !policy::may_see_personal_data_somewhere(actor) => {
+            // No need to ask the database which stations they operate. (A station's own channel
+            // still reads the station: an unknown one is refused before anything is registered.)
             policy::may_read_stations(actor, state.settings.public_feeds)?;
             Ok(PersonalData::Hidden)
         }
