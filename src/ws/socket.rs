@@ -218,3 +218,85 @@ pub fn close_frame(reason: Option<CloseReason>) -> Bytes {
     Parser::write_close(&mut buf, reason, false);
     buf.freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::wire::Frame;
+
+    /// A connected pair over loopback: our socket, and the peer's raw stream.
+    async fn pair() -> (Socket, Inbound, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let ((ours, _), peer) = tokio::try_join!(listener.accept(), peer).unwrap();
+        let (socket, inbound) = Socket::split(ours, BytesMut::new(), 1024);
+        (socket, inbound, peer)
+    }
+
+    /// Every frame the peer received, parsed as a client would; panics on a torn frame.
+    async fn frames_read_by(mut peer: tokio::net::TcpStream) -> Vec<(OpCode, usize)> {
+        use tokio::io::AsyncReadExt;
+        let mut wire = Vec::new();
+        peer.read_to_end(&mut wire).await.unwrap();
+        let mut wire = BytesMut::from(&wire[..]);
+        let mut frames = Vec::new();
+        while !wire.is_empty() {
+            let (_, op, payload) = Parser::parse(&mut wire, false, usize::MAX)
+                .unwrap()
+                .expect("only whole frames on the wire");
+            frames.push((op, payload.map_or(0, |p| p.len())));
+        }
+        frames
+    }
+
+    /// A client that stops reading fills the kernel; dropping what is unsent still finishes the
+    /// frame under way, so the Close that follows is read as a frame, not as garbage.
+    #[actix::test]
+    async fn dropping_the_unsent_keeps_the_frame_under_way_whole() {
+        let (mut socket, _inbound, peer) = pair().await;
+        let frame = Frame::text(&"x".repeat(10_000));
+        let mut sent = 0;
+        while socket.send(frame.bytes().clone()) == Flushed::All {
+            sent += 1;
+            assert!(sent < 100_000, "the kernel never filled");
+        }
+        socket.drop_unsent();
+        assert!(socket.queued() <= 1);
+        socket.push(close_frame(None));
+        // The peer now reads; the rest goes out as the kernel takes it.
+        let reader = tokio::spawn(frames_read_by(peer));
+        while socket.flush() == Flushed::Blocked {
+            socket.writable().await;
+        }
+        socket.finish();
+        let frames = reader.await.unwrap();
+        let (last, texts) = frames.split_last().unwrap();
+        assert_eq!(last.0, OpCode::Close);
+        assert!(texts.iter().all(|(op, len)| *op == OpCode::Text && *len == 10_000));
+        // Whatever had begun was finished: the frames that went out are all the sent ones, or one more.
+        assert!(
+            texts.len() == sent || texts.len() == sent + 1,
+            "{} of {sent}",
+            texts.len()
+        );
+    }
+
+    /// What arrives with the upgrade request is read before anything from the socket.
+    #[actix::test]
+    async fn bytes_read_before_the_hand_over_come_first() {
+        use futures_util::StreamExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let ((ours, _), _peer) = tokio::try_join!(listener.accept(), peer).unwrap();
+        // A masked ping from a client, with payload "hi".
+        let mask = [1u8, 2, 3, 4];
+        let mut early = BytesMut::from(&[0x89u8, 0x82][..]);
+        early.extend_from_slice(&mask);
+        early.extend_from_slice(&[b'h' ^ mask[0], b'i' ^ mask[1]]);
+        let (_socket, mut inbound) = Socket::split(ours, early, 1024);
+        match inbound.next().await {
+            Some(Ok(WsFrame::Ping(payload))) => assert_eq!(&payload[..], b"hi"),
+            other => panic!("expected the early ping, got {other:?}"),
+        }
+    }
+}
