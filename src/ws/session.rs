@@ -420,7 +420,13 @@ impl WsSession {
 
     /// A channel could not be joined: a seed connection closes, a `/ws` one is told and goes on.
     fn refused(&mut self, channel: Channel, error: Error, ctx: &mut Ctx) {
-        self.out().leave(channel);
+        // A catch-up that failed comes after the registration: take the watch back too.
+        if self.out().leave(channel) && channel != Channel::Notifications {
+            self.registry.do_send(Unsubscribe {
+                session: self.id,
+                channel,
+            });
+        }
         match self.kind {
             Kind::Seed { .. } | Kind::Refused { .. } => {
                 let (code, reason) = channels::close_code(&error);
