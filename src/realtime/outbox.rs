@@ -1,6 +1,8 @@
-//! The one rule for handing a message to a session: never wait. A session whose mailbox (its
-//! outbound queue, `SWAPCAST_SEND_QUEUE` long) is full is told it overflowed and dropped by the
-//! caller, so one stuck reader neither grows memory nor slows anyone else.
+//! The one rule for handing a message to a session: never wait. A session whose mailbox
+//! (`SWAPCAST_SEND_QUEUE` long, like its socket's queue) is full is told it overflowed and dropped
+//! by the caller, so one stuck reader neither grows memory nor slows anyone else. Station events
+//! do not come this way: registries write them through the session's outlet, which keeps the same
+//! bound.
 
 use actix::prelude::*;
 
