@@ -341,22 +341,14 @@ impl Admin {
             .as_str()
             .map(str::to_owned)
             .context("no access token")?;
-        let station: Value = http
-            .post(format!("{base}/api/stations"))
-            .bearer_auth(&token)
-            .json(&json!({"name": name}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let station = station["id"].as_i64().context("station id")?;
-        Ok(Admin {
+        let mut admin = Admin {
             http,
             base,
             token,
-            station,
-        })
+            station: 0,
+        };
+        admin.station = admin.another_station(name).await?;
+        Ok(admin)
     }
 }
 
