@@ -19,7 +19,8 @@ pub type SessionId = u64;
 /// closing) the outlet asks for through [`Attention`].
 pub trait Outlet: Send {
     /// Live events of one channel, in order.
-    fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, Frame)>) -> Attention;
+    /// Live events of one channel, in order; the frames are the registry's, shared by reference.
+    fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention;
 }
 
 pub type SharedOutlet = Arc<Mutex<dyn Outlet>>;

@@ -245,13 +245,15 @@ impl StationRegistry {
                 let Some(watch) = watchers.and_then(|w| w.get(&session)) else {
                     continue;
                 };
-                let channel = job.channel;
-                let mut items = (0..job.events.len()).map(|i| job.form(i, watch));
+                job.prepare(watch);
+                let job = &*job;
+                // Every form was just made by `prepare`: none is skipped.
+                let mut items = (0..job.events.len()).filter_map(|i| job.form(i, watch));
                 let attention = watch
                     .outlet
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .live(channel, &mut items);
+                    .live(job.channel, &mut items);
                 match attention {
                     Attention::None => delivered += job.events.len() as u64,
                     Attention::Poke => {
@@ -330,19 +332,33 @@ impl Job {
         }
     }
 
-    fn form(&mut self, i: usize, watch: &Watch) -> (i64, Frame) {
-        let (event, station) = &self.events[i];
-        let shown = watch.personal.shown_for(*station);
-        let name = &self.name;
-        let frame = self.forms[i][usize::from(shown)][usize::from(watch.tagged)].get_or_insert_with(|| {
-            let plain = event.for_viewer(shown);
-            if watch.tagged {
-                Frame::text(&tagged(plain, name))
-            } else {
-                Frame::text(plain)
+    /// Which form of event `i` this watcher gets: [public, private] × [plain, tagged].
+    fn slot(&self, i: usize, watch: &Watch) -> (usize, usize) {
+        let shown = watch.personal.shown_for(self.events[i].1);
+        (usize::from(shown), usize::from(watch.tagged))
+    }
+
+    /// Makes the forms this watcher needs that no one needed before.
+    fn prepare(&mut self, watch: &Watch) {
+        for i in 0..self.events.len() {
+            let (shown, tagged_form) = self.slot(i, watch);
+            if self.forms[i][shown][tagged_form].is_none() {
+                let plain = self.events[i].0.for_viewer(shown == 1);
+                let frame = if tagged_form == 1 {
+                    Frame::text(&tagged(plain, &self.name))
+                } else {
+                    Frame::text(plain)
+                };
+                self.forms[i][shown][tagged_form] = Some(frame);
             }
-        });
-        (event.event_id, frame.clone())
+        }
+    }
+
+    /// This watcher's form of event `i`, made by [`Job::prepare`].
+    fn form(&self, i: usize, watch: &Watch) -> Option<(i64, &Frame)> {
+        let (shown, tagged_form) = self.slot(i, watch);
+        let frame = self.forms[i][shown][tagged_form].as_ref()?;
+        Some((self.events[i].0.event_id, frame))
     }
 }
 
@@ -549,7 +565,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder(Vec<i64>);
     impl Outlet for Recorder {
-        fn live(&mut self, _: Channel, items: &mut dyn Iterator<Item = (i64, Frame)>) -> Attention {
+        fn live(&mut self, _: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention {
             self.0.extend(items.map(|(id, _)| id));
             Attention::None
         }

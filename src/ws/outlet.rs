@@ -100,16 +100,12 @@ impl Outlet {
         if self.closing {
             return;
         }
-        if self.blocked {
-            self.socket.push(frame);
-            return self.check_queue();
-        }
-        let flushed = self.socket.send(frame);
-        self.flushed(flushed);
+        self.socket.push(frame);
+        self.flush_unless_blocked();
     }
 
     /// Live events of a channel: sent, or held while the channel catches up.
-    pub fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, Frame)>) {
+    pub fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) {
         if self.closing {
             return;
         }
@@ -122,8 +118,8 @@ impl Outlet {
                     self.overflowed = true;
                     return;
                 }
-                Some(held) => held.push((event_id, frame)),
-                None => queue_event(&mut self.socket, state, event_id, &frame),
+                Some(held) => held.push((event_id, frame.clone())),
+                None => queue_event(&mut self.socket, state, event_id, frame),
             }
         }
         self.flush_unless_blocked();
@@ -238,7 +234,7 @@ fn queue_event(socket: &mut Socket, state: &mut ChannelState, event_id: i64, fra
 }
 
 impl crate::realtime::messages::Outlet for Outlet {
-    fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, Frame)>) -> Attention {
+    fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention {
         Outlet::live(self, channel, items);
         if self.failed || self.overflowed {
             self.poked = true;

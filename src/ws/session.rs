@@ -530,7 +530,7 @@ impl Handler<ToSession> for WsSession {
                 event_id,
                 frame,
             } => {
-                self.out().live(channel, &mut std::iter::once((event_id, frame)));
+                self.out().live(channel, &mut std::iter::once((event_id, &frame)));
                 self.attend(ctx);
             }
             ToSession::Catchup { channel, items } => {

@@ -70,30 +70,6 @@ impl Socket {
         self.queue.push_back(frame);
     }
 
-    /// Writes a frame now if nothing is waiting before it (the common case: no queue at all),
-    /// else queues it and flushes.
-    pub fn send(&mut self, frame: Bytes) -> Flushed {
-        if !self.queue.is_empty() {
-            self.push(frame);
-            return self.flush();
-        }
-        match self.io.try_write(&frame) {
-            Ok(n) if n == frame.len() => Flushed::All,
-            Ok(0) => Flushed::Failed,
-            Ok(n) => {
-                self.queue.push_back(frame.slice(n..));
-                self.front_started = true;
-                Flushed::Blocked
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.queue.push_back(frame);
-                Flushed::Blocked
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.send(frame),
-            Err(_) => Flushed::Failed,
-        }
-    }
-
     /// Forgets every frame not yet begun (a frame partly written must be finished, or the stream
     /// is garbage from there on).
     pub fn drop_unsent(&mut self) {
@@ -256,7 +232,10 @@ mod tests {
         let (mut socket, _inbound, peer) = pair().await;
         let frame = Frame::text(&"x".repeat(10_000));
         let mut sent = 0;
-        while socket.send(frame.bytes().clone()) == Flushed::All {
+        while {
+            socket.push(frame.bytes().clone());
+            socket.flush() == Flushed::All
+        } {
             sent += 1;
             assert!(sent < 100_000, "the kernel never filled");
         }
