@@ -204,21 +204,15 @@ impl WsSession {
     }
 
     fn close(&mut self, ctx: &mut Ctx, code: CloseCode, reason: &str) {
-        self.close_with(
-            Some(CloseReason {
-                code,
-                description: Some(reason.to_owned()),
-            }),
-            ctx,
-        );
+        let reason = CloseReason {
+            code,
+            description: Some(reason.to_owned()),
+        };
+        self.close_as(Some(reason), false, ctx);
     }
 
-    /// Sends Close after what is queued, then FIN; the session ends when the client hangs up too,
-    /// or after [`CLOSE_LINGER`].
-    fn close_with(&mut self, reason: Option<CloseReason>, ctx: &mut Ctx) {
-        self.close_as(reason, false, ctx);
-    }
-
+    /// Sends Close after what is queued (after the frame under way only, if `drop_unsent`), then
+    /// FIN; the session ends when the client hangs up too, or after [`CLOSE_LINGER`].
     fn close_as(&mut self, reason: Option<CloseReason>, drop_unsent: bool, ctx: &mut Ctx) {
         if self.out().close(reason, drop_unsent) {
             ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
@@ -622,13 +616,13 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
                 Reassembled::TooBig => self.close(ctx, CloseCode::Size, "Message too large"),
             },
             // Answer a client's Close with the same code, then send nothing more.
-            WsFrame::Close(reason) => self.close_with(
-                reason.map(|r| CloseReason {
+            WsFrame::Close(reason) => {
+                let echo = reason.map(|r| CloseReason {
                     code: r.code,
                     description: None,
-                }),
-                ctx,
-            ),
+                });
+                self.close_as(echo, false, ctx)
+            }
         }
     }
 
