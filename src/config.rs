@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, ValueEnum};
 
+use crate::domain::bookings::BookingRules;
+
 /// How logs are written: for people (the default) or one JSON object per line, for collectors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -23,6 +25,8 @@ pub const DEFAULT_ACCESS_TTL_SECS: u64 = 15 * 60;
 pub const DEFAULT_REFRESH_TTL_SECS: u64 = 30 * 24 * 3600;
 /// A booking not collected within this many seconds expires and frees its battery.
 pub const DEFAULT_BOOKING_HOLD_SECS: u64 = 900;
+/// Live bookings one driver may hold at once: two, as a two-battery scooter needs (0 = no limit).
+pub const DEFAULT_MAX_ACTIVE_BOOKINGS: u32 = 2;
 /// A charging battery whose state of charge reaches this percentage becomes available.
 pub const DEFAULT_CHARGED_SOC: i32 = 95;
 /// Events stay in the log at least this long, so reconnecting clients can resume.
@@ -81,6 +85,11 @@ pub struct Settings {
     #[arg(long = "booking-hold", env = "SWAPCAST_BOOKING_HOLD", default_value_t = DEFAULT_BOOKING_HOLD_SECS, global = true)]
     pub booking_hold: u64,
 
+    /// Live (confirmed or ready) bookings per driver; 0 = no limit.
+    #[arg(long = "max-active-bookings", env = "SWAPCAST_MAX_ACTIVE_BOOKINGS",
+          default_value_t = DEFAULT_MAX_ACTIVE_BOOKINGS, global = true)]
+    pub max_active_bookings: u32,
+
     /// Percent.
     #[arg(long = "charged-soc", env = "SWAPCAST_CHARGED_SOC", default_value_t = DEFAULT_CHARGED_SOC,
           value_parser = clap::value_parser!(i32).range(0..=100), global = true)]
@@ -131,6 +140,7 @@ impl Default for Settings {
             access_ttl: DEFAULT_ACCESS_TTL_SECS,
             refresh_ttl: DEFAULT_REFRESH_TTL_SECS,
             booking_hold: DEFAULT_BOOKING_HOLD_SECS,
+            max_active_bookings: DEFAULT_MAX_ACTIVE_BOOKINGS,
             charged_soc: DEFAULT_CHARGED_SOC,
             event_retention: DEFAULT_EVENT_RETENTION_SECS,
             heartbeat: DEFAULT_HEARTBEAT_SECS,
@@ -145,8 +155,12 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn booking_hold(&self) -> Duration {
-        Duration::from_secs(self.booking_hold)
+    /// What a booking request is held to.
+    pub fn booking_rules(&self) -> BookingRules {
+        BookingRules {
+            hold: Duration::from_secs(self.booking_hold),
+            max_active: self.max_active_bookings,
+        }
     }
 }
 
@@ -166,6 +180,14 @@ mod tests {
         let cli = Cli::parse_from(["swapcast", "--booking-hold", "5", "--public-feeds", "false"]);
         assert_eq!(cli.settings.booking_hold, 5);
         assert!(!cli.settings.public_feeds);
+    }
+
+    #[test]
+    fn drivers_hold_two_bookings_unless_told_otherwise() {
+        assert_eq!(Cli::parse_from(["swapcast"]).settings.booking_rules().max_active, 2);
+        let unlimited = Cli::parse_from(["swapcast", "--max-active-bookings", "0"]);
+        assert_eq!(unlimited.settings.booking_rules().max_active, 0);
+        assert!(Cli::try_parse_from(["swapcast", "--max-active-bookings", "-1"]).is_err());
     }
 
     #[test]

@@ -132,6 +132,16 @@ impl From<DieselError> for Error {
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 Error::Unavailable(info.message().to_owned())
             }
+            // PostgreSQL gave up on this transaction to let a concurrent one through: nothing was
+            // changed and a retry may succeed. (Transitions take rows in one order, so a deadlock
+            // would be a bug; it is still not the client's fault.)
+            DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
+                Error::Unavailable(info.message().to_owned())
+            }
+            DieselError::DatabaseError(_, ref info) if info.message().contains("deadlock detected") => {
+                tracing::error!(error = info.message(), "deadlock between transactions");
+                Error::Unavailable(info.message().to_owned())
+            }
             // SQLite reports a writer that outlasted busy_timeout as a plain error; it is load, not a bug.
             DieselError::DatabaseError(_, ref info) if info.message().contains("database is locked") => {
                 Error::Unavailable(info.message().to_owned())

@@ -11,7 +11,8 @@
 //! - [`error`]    the one error type and its mapping to the contract's error body
 //! - [`auth`]     passwords, tokens, sessions, the request extractor, the authorization policy
 //! - [`db`]       the SQLite/PostgreSQL connection, pool, migrations, schema and row models
-//! - [`domain`]   ids, validated values, one service per aggregate; each returns its events
+//! - [`domain`]   ids, validated values, one service per aggregate; each returns its events;
+//!   `domain::transition`, the one conditional update every state change goes through
 //! - [`events`]   the event vocabulary (seed 001's messages) and the event log
 //! - [`realtime`] the actors that route committed events to sessions: publisher, a registry per
 //!   worker thread, notifiers

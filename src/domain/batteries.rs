@@ -6,11 +6,11 @@ use serde::Serialize;
 use super::ids::{BatteryId, StationId};
 use super::stations::{self, operator_of};
 use super::values::{BatteryStatus, Percent, Serial};
-use super::{Change, Listing, Page};
+use super::{transition, Change, Listing, Page};
 use crate::auth::policy;
 use crate::auth::Actor;
 use crate::clock::serialize_iso;
-use crate::db::models::{Battery, NewBattery, Station};
+use crate::db::models::{Battery, BatteryChange, NewBattery, Station};
 use crate::db::schema::batteries;
 use crate::db::{on_unique_violation, DbConn};
 use crate::error::{Error, Result};
@@ -143,6 +143,28 @@ pub struct BatteryPatch {
     pub retire: bool,
 }
 
+/// Which status a patch moves a battery in `current` to, or why it cannot: the rule, applied to the
+/// state the battery was read in and again, by the transition, to the state a concurrent change
+/// left it in.
+fn patched_status(current: BatteryStatus, patch: &BatteryPatch, charged_soc: i32) -> Result<BatteryStatus> {
+    match current {
+        BatteryStatus::Retired => Err(Error::conflict("battery_retired", "This battery is retired")),
+        BatteryStatus::Booked if patch.retire => Err(Error::conflict(
+            "battery_booked",
+            "Cancel the booking holding this battery first",
+        )),
+        BatteryStatus::Collected if !patch.retire => Err(Error::conflict(
+            "battery_not_at_station",
+            "This battery is with a driver; record its return first",
+        )),
+        _ if patch.retire => Ok(BatteryStatus::Retired),
+        BatteryStatus::Charging if patch.soc.is_some_and(|soc| soc.get() >= charged_soc) => {
+            Ok(BatteryStatus::Available)
+        }
+        other => Ok(other),
+    }
+}
+
 /// Telemetry (staff) and retirement (admins). A charging battery whose charge reaches
 /// `charged_soc` becomes available.
 pub fn update(
@@ -157,39 +179,22 @@ pub fn update(
     }
     let battery = load(ch.conn, id)?;
     let station = stations::load(ch.conn, StationId(battery.station_id))?;
-    let current = BatteryStatus::from_db(&battery.status)?;
     if patch.retire {
         policy::require_admin(actor)?;
     } else {
         policy::require_station_staff(actor, operator_of(&station))?;
     }
-    let status = match current {
-        BatteryStatus::Retired => return Err(Error::conflict("battery_retired", "This battery is retired")),
-        BatteryStatus::Booked if patch.retire => {
-            return Err(Error::conflict(
-                "battery_booked",
-                "Cancel the booking holding this battery first",
-            ))
-        }
-        BatteryStatus::Collected if !patch.retire => {
-            return Err(Error::conflict(
-                "battery_not_at_station",
-                "This battery is with a driver; record its return first",
-            ))
-        }
-        _ if patch.retire => BatteryStatus::Retired,
-        BatteryStatus::Charging if patch.soc.is_some_and(|soc| soc.get() >= charged_soc) => BatteryStatus::Available,
-        other => other,
+    let status = patched_status(BatteryStatus::from_db(&battery.status)?, patch, charged_soc)?;
+    let change = BatteryChange {
+        status: Some(status.as_str()),
+        station_id: None,
+        soc: patch.soc.map(Percent::get),
+        soh: patch.soh.map(Percent::get),
+        updated_at: ch.now,
     };
-    let row: Battery = diesel::update(batteries::table.find(id.0))
-        .set((
-            batteries::soc.eq(patch.soc.map_or(battery.soc, Percent::get)),
-            batteries::soh.eq(patch.soh.map_or(battery.soh, Percent::get)),
-            batteries::status.eq(status.as_str()),
-            batteries::updated_at.eq(ch.now),
-        ))
-        .returning(batteries::all_columns)
-        .get_result(ch.conn)?;
+    let row = transition::battery(ch, &battery, &change, |now| {
+        patched_status(now, patch, charged_soc).map(|_| ())
+    })?;
     if !patch.retire {
         announce_update(ch, &row)?;
     }
@@ -200,6 +205,17 @@ pub fn update(
 pub struct ReturnInput {
     pub serial: Serial,
     pub soc: Percent,
+}
+
+/// Only a battery a driver holds can be returned.
+fn returnable(current: BatteryStatus) -> Result<()> {
+    match current {
+        BatteryStatus::Collected => Ok(()),
+        _ => Err(Error::conflict(
+            "battery_not_collected",
+            "Only a collected battery can be returned",
+        )),
+    }
 }
 
 /// A driver brings a collected battery back to this station; it starts charging here.
@@ -217,21 +233,15 @@ pub fn record_return(
         .first(ch.conn)
         .optional()?
         .ok_or(Error::NotFound("Battery"))?;
-    if battery.status != BatteryStatus::Collected.as_str() {
-        return Err(Error::conflict(
-            "battery_not_collected",
-            "Only a collected battery can be returned",
-        ));
-    }
-    let row: Battery = diesel::update(batteries::table.find(battery.id))
-        .set((
-            batteries::station_id.eq(station_id.0),
-            batteries::status.eq(BatteryStatus::Charging.as_str()),
-            batteries::soc.eq(input.soc.get()),
-            batteries::updated_at.eq(ch.now),
-        ))
-        .returning(batteries::all_columns)
-        .get_result(ch.conn)?;
+    returnable(BatteryStatus::from_db(&battery.status)?)?;
+    let change = BatteryChange {
+        status: Some(BatteryStatus::Charging.as_str()),
+        station_id: Some(station_id.0),
+        soc: Some(input.soc.get()),
+        soh: None,
+        updated_at: ch.now,
+    };
+    let row = transition::battery(ch, &battery, &change, returnable)?;
     announce_update(ch, &row)?;
     announce_inventory(ch, &station, InventoryAction::Update)?;
     BatteryView::from_row(row)

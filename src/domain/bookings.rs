@@ -10,11 +10,11 @@ use super::batteries::announce_inventory;
 use super::ids::{BatteryId, BookingId, StationId, UserId};
 use super::stations::{self, operator_of};
 use super::values::{BatteryStatus, BookingStatus, StationStatus};
-use super::{Change, Listing, Page};
+use super::{transition, Change, Listing, Page};
 use crate::auth::policy;
 use crate::auth::Actor;
 use crate::clock::{serialize_iso, serialize_iso_opt};
-use crate::db::models::{Battery, Booking, NewBooking};
+use crate::db::models::{Battery, BatteryChange, Booking, NewBooking};
 use crate::db::schema::{batteries, bookings};
 use crate::db::{on_unique_violation, DbConn};
 use crate::domain::values::Role;
@@ -75,8 +75,9 @@ fn load(conn: &mut DbConn, id: BookingId) -> Result<Booking> {
         .ok_or(Error::NotFound("Booking"))
 }
 
-/// Claims one available battery: the best charged first. The conditional update is the claim —
-/// a battery taken by a concurrent transaction no longer matches `status = 'available'`.
+/// Claims one available battery: the best charged first. The claim is a transition out of
+/// `available`: a battery taken by a concurrent booking no longer matches, and the next candidate
+/// is tried.
 fn claim_battery(ch: &mut Change, station: StationId) -> Result<Battery> {
     for _ in 0..BOOKING_ATTEMPTS {
         let candidate: Option<Battery> = batteries::table
@@ -87,19 +88,14 @@ fn claim_battery(ch: &mut Change, station: StationId) -> Result<Battery> {
             .first(ch.conn)
             .optional()?;
         let Some(candidate) = candidate else { break };
-        let claimed = diesel::update(
-            batteries::table
-                .find(candidate.id)
-                .filter(batteries::status.eq(BatteryStatus::Available.as_str())),
-        )
-        .set((
-            batteries::status.eq(BatteryStatus::Booked.as_str()),
-            batteries::updated_at.eq(ch.now),
-        ))
-        .returning(batteries::all_columns)
-        .get_result(ch.conn)
-        .optional()?;
-        if let Some(battery) = claimed {
+        let booked = BatteryChange {
+            status: Some(BatteryStatus::Booked.as_str()),
+            station_id: None,
+            soc: None,
+            soh: None,
+            updated_at: ch.now,
+        };
+        if let Some(battery) = transition::try_battery(ch, &candidate, &booked)? {
             return Ok(battery);
         }
     }
@@ -109,7 +105,16 @@ fn claim_battery(ch: &mut Change, station: StationId) -> Result<Battery> {
     ))
 }
 
-pub fn book(ch: &mut Change, actor: &Actor, station_id: StationId, hold: Duration) -> Result<BookingView> {
+/// What a booking request needs to know beyond the request: from the settings.
+#[derive(Clone, Copy, Debug)]
+pub struct BookingRules {
+    /// How long a booking holds its battery before it expires.
+    pub hold: Duration,
+    /// Live bookings a driver may hold at once; 0 = no limit.
+    pub max_active: u32,
+}
+
+pub fn book(ch: &mut Change, actor: &Actor, station_id: StationId, rules: BookingRules) -> Result<BookingView> {
     let station = stations::load(ch.conn, station_id)?;
     if station.status != StationStatus::Online.as_str() {
         return Err(Error::conflict(
@@ -126,7 +131,7 @@ pub fn book(ch: &mut Change, actor: &Actor, station_id: StationId, hold: Duratio
             status: BookingStatus::Confirmed.as_str(),
             created_at: ch.now,
             updated_at: ch.now,
-            expires_at: ch.now + hold.as_millis() as i64,
+            expires_at: ch.now + rules.hold.as_millis() as i64,
         })
         .returning(bookings::all_columns)
         .get_result(ch.conn)
@@ -134,6 +139,7 @@ pub fn book(ch: &mut Change, actor: &Actor, station_id: StationId, hold: Duratio
             "no_battery_available",
             "No battery is available at this station",
         ))?;
+    transition::take_booking_place(ch, actor.id, rules.max_active)?;
     let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Book)?;
     ch.emit(
         Audience::Station(station_id),
@@ -197,23 +203,21 @@ fn load_for_staff(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<(Book
     Ok((booking, station))
 }
 
-fn wrong_state(booking: &Booking) -> Error {
-    Error::conflict("invalid_booking_state", format!("The booking is {}", booking.status))
+/// Refuses unless the booking is in one of `from`.
+fn require_state(booking: &Booking, from: &[BookingStatus]) -> Result<()> {
+    if from.iter().any(|s| s.as_str() == booking.status) {
+        Ok(())
+    } else {
+        Err(transition::wrong_booking_state(&booking.status))
+    }
 }
+
+const LIVE: &[BookingStatus] = &[BookingStatus::Confirmed, BookingStatus::Ready];
 
 pub fn mark_ready(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
     let (booking, station) = load_for_staff(ch, actor, id)?;
-    if booking.status != BookingStatus::Confirmed.as_str() {
-        return Err(wrong_state(&booking));
-    }
-    let row: Booking = diesel::update(bookings::table.find(id.0))
-        .set((
-            bookings::status.eq(BookingStatus::Ready.as_str()),
-            bookings::ready_at.eq(ch.now),
-            bookings::updated_at.eq(ch.now),
-        ))
-        .returning(bookings::all_columns)
-        .get_result(ch.conn)?;
+    require_state(&booking, &[BookingStatus::Confirmed])?;
+    let row = transition::booking(ch, &booking, BookingStatus::Ready)?;
     ch.emit(
         Audience::User(UserId(booking.user_id)),
         EventBody::BookingReady {
@@ -227,10 +231,8 @@ pub fn mark_ready(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<Booki
 
 pub fn collect(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
     let (booking, station) = load_for_staff(ch, actor, id)?;
-    if !BookingStatus::from_db(&booking.status)?.is_live() {
-        return Err(wrong_state(&booking));
-    }
-    let row = set_final(ch, &booking, BookingStatus::Collected, BatteryStatus::Collected)?;
+    require_state(&booking, LIVE)?;
+    let row = finish(ch, &booking, BookingStatus::Collected, BatteryStatus::Collected)?;
     let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Collect)?;
     ch.emit(
         Audience::Station(StationId(station.id)),
@@ -248,50 +250,76 @@ pub fn collect(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingV
 pub fn cancel(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
     let booking = load(ch.conn, id)?;
     policy::require_owner_or_admin(actor, UserId(booking.user_id))?;
-    if !BookingStatus::from_db(&booking.status)?.is_live() {
-        return Err(wrong_state(&booking));
-    }
+    require_state(&booking, LIVE)?;
     let station = stations::load(ch.conn, StationId(booking.station_id))?;
-    let row = set_final(ch, &booking, BookingStatus::Cancelled, BatteryStatus::Available)?;
+    let row = finish(ch, &booking, BookingStatus::Cancelled, BatteryStatus::Available)?;
     announce_inventory(ch, &station, InventoryAction::Update)?;
     BookingView::from_row(row)
 }
 
-/// Ends a live booking and moves its battery on.
-fn set_final(ch: &mut Change, booking: &Booking, to: BookingStatus, battery: BatteryStatus) -> Result<Booking> {
-    diesel::update(batteries::table.find(booking.battery_id))
-        .set((batteries::status.eq(battery.as_str()), batteries::updated_at.eq(ch.now)))
-        .execute(ch.conn)?;
-    let collected_at = (to == BookingStatus::Collected).then_some(ch.now);
-    let cancelled_at = (to == BookingStatus::Cancelled).then_some(ch.now);
-    Ok(diesel::update(bookings::table.find(booking.id))
-        .set((
-            bookings::status.eq(to.as_str()),
-            bookings::updated_at.eq(ch.now),
-            bookings::collected_at.eq(collected_at.or(booking.collected_at)),
-            bookings::cancelled_at.eq(cancelled_at.or(booking.cancelled_at)),
-        ))
-        .returning(bookings::all_columns)
-        .get_result(ch.conn)?)
+/// Ends a live booking: the booking's transition is the guard, and only its winner goes on to
+/// [`release`] what the booking held.
+fn finish(ch: &mut Change, booking: &Booking, to: BookingStatus, battery_to: BatteryStatus) -> Result<Booking> {
+    let row = transition::booking(ch, booking, to)?;
+    release(ch, booking, battery_to)?;
+    Ok(row)
 }
 
-/// Expires live bookings whose hold ran out and frees their batteries; returns how many.
+/// What an ended booking held goes back: its battery moves on (`battery_to`) and its driver gets
+/// the place back. The live booking held the battery `booked` (retirement refuses a booked
+/// battery, telemetry keeps its status), so the battery's transition cannot lose; if it did, the
+/// rows disagree and the change fails rather than write more on top.
+fn release(ch: &mut Change, booking: &Booking, battery_to: BatteryStatus) -> Result<()> {
+    let battery = batteries::table
+        .find(booking.battery_id)
+        .select(Battery::as_select())
+        .first(ch.conn)?;
+    let held = |status: BatteryStatus| match status {
+        BatteryStatus::Booked => Ok(()),
+        other => Err(Error::Internal(anyhow::anyhow!(
+            "booking {} holds battery {} which is {other}",
+            booking.id,
+            booking.battery_id
+        ))),
+    };
+    held(BatteryStatus::from_db(&battery.status)?)?;
+    let change = BatteryChange {
+        status: Some(battery_to.as_str()),
+        station_id: None,
+        soc: None,
+        soh: None,
+        updated_at: ch.now,
+    };
+    transition::battery(ch, &battery, &change, held)?;
+    transition::give_booking_place_back(ch, UserId(booking.user_id))
+}
+
+/// Expires live bookings whose hold ran out and frees their batteries; returns how many. Each
+/// expiry is the same transition a collect or cancel makes, so the sweep and a request racing it
+/// for one booking cannot both win. All the bookings are moved first, in id order, and only then
+/// what they held: a sweep holding many rows takes them in the same order as every request, so
+/// it never waits on a request that waits on it.
 pub fn expire_due(ch: &mut Change) -> Result<usize> {
     let due: Vec<Booking> = bookings::table
-        .filter(
-            bookings::status
-                .eq(BookingStatus::Confirmed.as_str())
-                .or(bookings::status.eq(BookingStatus::Ready.as_str())),
-        )
+        .filter(bookings::status.eq_any([BookingStatus::Confirmed.as_str(), BookingStatus::Ready.as_str()]))
         .filter(bookings::expires_at.le(ch.now))
         .order(bookings::id.asc())
         .limit(EXPIRY_BATCH)
         .select(Booking::as_select())
         .load(ch.conn)?;
-    for booking in &due {
-        set_final(ch, booking, BookingStatus::Expired, BatteryStatus::Available)?;
+    let mut expired = Vec::with_capacity(due.len());
+    for booking in due {
+        match transition::booking(ch, &booking, BookingStatus::Expired) {
+            Ok(_) => expired.push(booking),
+            // Collected or cancelled since it was read: that request won, and nothing is due here.
+            Err(Error::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for booking in &expired {
+        release(ch, booking, BatteryStatus::Available)?;
         let station = stations::load(ch.conn, StationId(booking.station_id))?;
         announce_inventory(ch, &station, InventoryAction::Update)?;
     }
-    Ok(due.len())
+    Ok(expired.len())
 }

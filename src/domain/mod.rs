@@ -1,12 +1,15 @@
 //! The battery-swap domain: one service per aggregate. Each operation checks the caller against
 //! [`crate::auth::policy`], validates, changes rows inside one transaction ([`commit`]) and
-//! returns the events that change produced — the "model hooks" the realtime hub consumes.
+//! returns the events that change produced — the "model hooks" the realtime hub consumes. Every
+//! move of a booking, battery or station out of a state goes through [`transition`], which makes
+//! it exclusive.
 
 pub mod batteries;
 pub mod bookings;
 pub mod ids;
 pub mod notifications;
 pub mod stations;
+pub mod transition;
 pub mod users;
 pub mod values;
 

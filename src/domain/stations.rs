@@ -6,11 +6,11 @@ use serde::Serialize;
 
 use super::ids::{StationId, UserId};
 use super::values::{BatteryStatus, Role, StationStatus};
-use super::{users, Change, Listing, Page};
+use super::{transition, users, Change, Listing, Page};
 use crate::auth::policy;
 use crate::auth::Actor;
 use crate::clock::serialize_iso;
-use crate::db::models::{NewStation, Station};
+use crate::db::models::{NewStation, Station, StationChange};
 use crate::db::schema::{batteries, stations};
 use crate::db::DbConn;
 use crate::error::{Error, Result};
@@ -242,18 +242,17 @@ pub fn update(ch: &mut Change, actor: &Actor, id: StationId, patch: &StationPatc
         policy::require_admin(actor)?;
         check_operator(ch.conn, operator)?;
     }
-    let status = patch.status.unwrap_or(StationStatus::from_db(&current.status)?);
-    let row: Station = diesel::update(stations::table.find(id.0))
-        .set((
-            stations::name.eq(patch.name.as_deref().unwrap_or(&current.name)),
-            stations::address.eq(patch.address.clone().unwrap_or(current.address.clone())),
-            stations::status.eq(status.as_str()),
-            stations::operator_id.eq(patch.operator_id.map(|o| o.map(|u| u.0)).unwrap_or(current.operator_id)),
-            stations::updated_at.eq(ch.now),
-        ))
-        .returning(stations::all_columns)
-        .get_result(ch.conn)?;
-    if status.as_str() != current.status {
+    let change = StationChange {
+        name: patch.name.as_deref(),
+        address: patch.address.as_ref().map(Option::as_deref),
+        status: patch.status.map(StationStatus::as_str),
+        operator_id: patch.operator_id.map(|o| o.map(|u| u.0)),
+        updated_at: ch.now,
+    };
+    let row = transition::station(ch, &current, &change)?;
+    // Only this request's own status change is announced: its transition proved the station was
+    // still in the status it was read in.
+    if let Some(status) = patch.status.filter(|s| s.as_str() != current.status) {
         ch.emit(
             Audience::Station(id),
             EventBody::StationStatus {

@@ -38,10 +38,10 @@ async fn book(
 ) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let station = StationId(body.value.station_id);
-    let hold = state.settings.booking_hold();
+    let rules = state.settings.booking_rules();
     let who = actor.clone();
     idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
-        bookings::book(ch, &actor, station, hold)
+        bookings::book(ch, &actor, station, rules)
     })
     .await
 }

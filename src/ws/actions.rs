@@ -72,10 +72,10 @@ pub async fn perform(state: Arc<AppState>, actor: Option<Actor>, action: String,
         "book_battery" => {
             let actor = signed_in()?;
             let StationRef { station_id } = from_value(data)?;
-            let hold = state.settings.booking_hold();
+            let rules = state.settings.booking_rules();
             to_value(
                 state
-                    .change(move |ch| bookings::book(ch, &actor, StationId(station_id), hold))
+                    .change(move |ch| bookings::book(ch, &actor, StationId(station_id), rules))
                     .await?,
             )
         }

@@ -315,7 +315,20 @@ impl TestApp {
         }
     }
 
-    /// Events after `after`, oldest first.
+    /// Every event after `after`, oldest first, however many pages that takes.
+    pub async fn all_events_after(&self, mut after: i64) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.events_after(after).await;
+            match page.last() {
+                Some(last) => after = last["event_id"].as_i64().unwrap(),
+                None => return all,
+            }
+            all.extend(page);
+        }
+    }
+
+    /// Events after `after`, oldest first (at most 500).
     pub async fn events_after(&self, after: i64) -> Vec<Value> {
         let page = self
             .get(&format!("/api/events?after={after}&limit=500"), Some(&self.admin.token))

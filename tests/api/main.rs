@@ -20,6 +20,7 @@ mod metrics;
 mod notifications;
 mod protocol_docs;
 mod resume;
+mod transitions;
 mod ws_auth;
 mod ws_events;
 mod ws_hygiene;

@@ -28,3 +28,14 @@ pub struct NewBattery<'a> {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// The columns a battery transition sets; `None` leaves a column as it is.
+#[derive(AsChangeset)]
+#[diesel(table_name = batteries)]
+pub struct BatteryChange<'a> {
+    pub status: Option<&'a str>,
+    pub station_id: Option<i64>,
+    pub soc: Option<i32>,
+    pub soh: Option<i32>,
+    pub updated_at: i64,
+}

@@ -29,3 +29,14 @@ pub struct NewBooking<'a> {
     pub updated_at: i64,
     pub expires_at: i64,
 }
+
+/// The columns a booking transition sets; `None` leaves a column as it is.
+#[derive(AsChangeset)]
+#[diesel(table_name = bookings)]
+pub struct BookingChange<'a> {
+    pub status: &'a str,
+    pub updated_at: i64,
+    pub ready_at: Option<i64>,
+    pub collected_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+}

@@ -10,11 +10,11 @@ mod refresh_tokens;
 mod stations;
 mod users;
 
-pub use batteries::{Battery, NewBattery};
-pub use bookings::{Booking, NewBooking};
+pub use batteries::{Battery, BatteryChange, NewBattery};
+pub use bookings::{Booking, BookingChange, NewBooking};
 pub use events::EventRow;
 pub use idempotency_keys::IdempotencyKey;
 pub use notifications::{NewNotification, Notification};
 pub use refresh_tokens::NewRefreshToken;
-pub use stations::{NewStation, Station};
+pub use stations::{NewStation, Station, StationChange};
 pub use users::{NewUser, User};

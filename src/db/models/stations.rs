@@ -24,3 +24,14 @@ pub struct NewStation<'a> {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// The columns a station update sets; `None` leaves a column as it is (`Some(None)` clears it).
+#[derive(AsChangeset)]
+#[diesel(table_name = stations)]
+pub struct StationChange<'a> {
+    pub name: Option<&'a str>,
+    pub address: Option<Option<&'a str>>,
+    pub status: Option<&'a str>,
+    pub operator_id: Option<Option<i64>>,
+    pub updated_at: i64,
+}

@@ -12,6 +12,8 @@ pub struct User {
     pub password_hash: String,
     pub active: bool,
     pub created_at: i64,
+    /// Live bookings held now, kept by the booking transitions (the booking limit's count).
+    pub active_bookings: i32,
 }
 
 #[derive(Insertable)]
