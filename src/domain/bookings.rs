@@ -21,9 +21,6 @@ use crate::domain::values::Role;
 use crate::error::{Error, Result};
 use crate::events::{Audience, EventBody, InventoryAction};
 
-/// How many times a booking tries the next candidate battery after losing one to a concurrent
-/// booking (PostgreSQL; on SQLite writers are serialized and the first candidate always holds).
-const BOOKING_ATTEMPTS: usize = 8;
 /// Expired bookings released per sweep transaction, so one sweep never holds the write lock long.
 const EXPIRY_BATCH: i64 = 100;
 
@@ -77,9 +74,11 @@ fn load(conn: &mut DbConn, id: BookingId) -> Result<Booking> {
 
 /// Claims one available battery: the best charged first. The claim is a transition out of
 /// `available`: a battery taken by a concurrent booking no longer matches, and the next candidate
-/// is tried.
+/// is tried — for as long as one is left, since every loss is a battery another booking took (on
+/// PostgreSQL a burst of bookings all pick the same best battery first; giving up after a few
+/// losses would refuse a driver while batteries are free).
 fn claim_battery(ch: &mut Change, station: StationId) -> Result<Battery> {
-    for _ in 0..BOOKING_ATTEMPTS {
+    loop {
         let candidate: Option<Battery> = batteries::table
             .filter(batteries::station_id.eq(station.0))
             .filter(batteries::status.eq(BatteryStatus::Available.as_str()))

@@ -29,21 +29,47 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
     type Future = LocalBoxFuture<'static, Result<Body<T>>>;
 
     fn from_request(_: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let mut payload = payload.take();
+        let payload = payload.take();
         Box::pin(async move {
-            let mut buf = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| Error::MalformedJson(e.to_string()))?;
-                if buf.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(Error::PayloadTooLarge);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            let raw = buf.freeze();
+            let raw = read_limited(payload).await?;
             Ok(Body {
                 value: parse(&raw)?,
                 raw,
             })
+        })
+    }
+}
+
+/// The whole body, refused past [`MAX_BODY_BYTES`].
+async fn read_limited(mut payload: Payload) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::MalformedJson(e.to_string()))?;
+        if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Error::PayloadTooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The body of a request that needs none (`POST /bookings/{id}/cancel`): empty, or a JSON object
+/// whose fields are ignored (clients send `{}`). Anything else is refused as any body would be, so
+/// a malformed request never goes through.
+pub struct NoBody;
+
+impl FromRequest for NoBody {
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<NoBody>>;
+
+    fn from_request(_: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let payload = payload.take();
+        Box::pin(async move {
+            let raw = read_limited(payload).await?;
+            if !raw.iter().all(u8::is_ascii_whitespace) {
+                parse::<serde_json::Map<String, serde_json::Value>>(&raw)?;
+            }
+            Ok(NoBody)
         })
     }
 }

@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::body::{self, Body};
+use super::body::{self, Body, NoBody};
 use super::idempotency;
 use super::router::Router;
 use crate::auth::extract::Caller;
@@ -84,14 +84,14 @@ async fn step(
     Ok(HttpResponse::Ok().json(booking))
 }
 
-async fn ready(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+async fn ready(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>, _: NoBody) -> Result<HttpResponse> {
     step(state, caller, id, bookings::mark_ready).await
 }
 
-async fn collect(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+async fn collect(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>, _: NoBody) -> Result<HttpResponse> {
     step(state, caller, id, bookings::collect).await
 }
 
-async fn cancel(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+async fn cancel(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>, _: NoBody) -> Result<HttpResponse> {
     step(state, caller, id, bookings::cancel).await
 }

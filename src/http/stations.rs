@@ -68,10 +68,13 @@ async fn create(state: web::Data<AppState>, caller: Caller, body: Body<CreateSta
 
 #[derive(Deserialize)]
 pub struct PatchStation {
-    name: Option<String>,
+    // `null` for a field that cannot be empty is a mistake to report, not an absent field.
+    #[serde(default, deserialize_with = "double_option")]
+    name: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
     address: Option<Option<String>>,
-    status: Option<StationStatus>,
+    #[serde(default, deserialize_with = "double_option")]
+    status: Option<Option<StationStatus>>,
     #[serde(default, deserialize_with = "double_option")]
     operator_id: Option<Option<i64>>,
 }
@@ -144,13 +147,16 @@ impl AddBattery {
 impl PatchStation {
     /// The one parse of a station change, for REST and WebSocket actions alike.
     pub fn parse(self) -> Result<StationPatch> {
+        let required = |field: &str| Error::field(field, "cannot be null");
+        let name = self.name.map(|n| n.ok_or_else(|| required("name"))).transpose()?;
+        let status = self.status.map(|s| s.ok_or_else(|| required("status"))).transpose()?;
         Ok(StationPatch {
-            name: self.name.as_deref().map(StationName::parse).transpose()?,
+            name: name.as_deref().map(StationName::parse).transpose()?,
             address: self
                 .address
                 .map(|a| a.as_deref().map(Address::parse).transpose())
                 .transpose()?,
-            status: self.status,
+            status,
             operator_id: self.operator_id.map(|o| o.map(UserId)),
         })
     }

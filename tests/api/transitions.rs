@@ -617,3 +617,92 @@ async fn a_rename_never_undoes_a_concurrent_status_change() {
         assert_eq!(announced[0]["type"], "station_status");
     }
 }
+
+/// A burst of bookings at one station all pick the same best battery first; every loser tries the
+/// next, so while batteries are free nobody is told there are none (on PostgreSQL a fixed number
+/// of attempts once refused drivers with batteries still on the shelf).
+#[actix_web::test]
+async fn a_burst_of_bookings_is_refused_only_when_the_batteries_are_gone() {
+    let app = spawn_app_with(|s| s.max_active_bookings = 0).await;
+    let station = app.station("Burst", None).await;
+    const BATTERIES: usize = 120;
+    for i in 0..BATTERIES {
+        app.battery(station, &format!("BURST-{i}")).await;
+    }
+    let drivers = join_all((0..10).map(|_| app.user("user"))).await;
+    let barrier = Arc::new(Barrier::new(BATTERIES + 10));
+    let attempts = (0..BATTERIES + 10).map(|i| {
+        let (app, driver, barrier) = (&app, &drivers[i % drivers.len()], barrier.clone());
+        async move {
+            barrier.wait().await;
+            app.post("/api/bookings", Some(&driver.token), json!({"station_id": station}))
+                .await
+        }
+    });
+    let replies = join_all(attempts).await;
+    let won = replies.iter().filter(|r| r.status.as_u16() == 201).count();
+    for reply in replies.iter().filter(|r| r.status.as_u16() != 201) {
+        assert_eq!(reply.status.as_u16(), 409, "{}", reply.body);
+        assert_eq!(reply.body["error"]["code"], "no_battery_available");
+    }
+    assert_eq!(won, BATTERIES, "every battery booked, the rest refused");
+    let now = app.get(&format!("/api/stations/{station}"), None).await.expect(200);
+    assert_eq!(now["available_batteries"], 0);
+}
+
+/// A transition endpoint that takes no body still refuses a malformed one, and changes nothing.
+#[actix_web::test]
+async fn a_malformed_body_moves_nothing() {
+    let app = spawn_app_with(|_| {}).await;
+    let driver = app.user("user").await;
+    let round = prepare(&app, Start::Confirmed, 0, &driver).await;
+    let booking = round.booking.unwrap();
+    let before = app.last_event_id().await;
+    for step in ["cancel", "ready", "collect"] {
+        let reply = app
+            .client
+            .post(app.url(&format!("/api/bookings/{booking}/{step}")))
+            .bearer_auth(&app.admin.token)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        TestApp::reply(reply).await.expect_error(400, "malformed_json");
+    }
+    let listed = app
+        .get(
+            &format!("/api/bookings?station_id={}", round.station),
+            Some(&app.admin.token),
+        )
+        .await
+        .expect(200);
+    assert_eq!(listed["items"][0]["status"], "confirmed");
+    assert!(app.events_after(before).await.is_empty());
+    // An empty body, or `{}`, is what clients send and is fine.
+    let ready = app
+        .client
+        .post(app.url(&format!("/api/bookings/{booking}/ready")))
+        .bearer_auth(&app.admin.token)
+        .send()
+        .await
+        .unwrap();
+    TestApp::reply(ready).await.expect(200);
+    app.post(
+        &format!("/api/bookings/{booking}/cancel"),
+        Some(&driver.token),
+        json!({}),
+    )
+    .await
+    .expect(200);
+    // `null` for a station field that cannot be empty is a mistake, not an absent field.
+    for body in [json!({"status": null}), json!({"name": null})] {
+        app.patch(
+            &format!("/api/stations/{}", round.station),
+            Some(&app.admin.token),
+            body,
+        )
+        .await
+        .expect_error(422, "validation_failed");
+    }
+}
