@@ -102,7 +102,19 @@ impl ResponseError for Error {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let message = match self {
+        let mut body = json!({ "code": self.code(), "message": self.public_message() });
+        if let Error::Validation(fields) = self {
+            body["fields"] = json!(fields);
+        }
+        HttpResponse::build(self.status_code()).json(json!({ "error": body }))
+    }
+}
+
+impl Error {
+    /// The sentence a client is shown — the one mapping REST, `/ws` actions and channels all use.
+    /// What is not the caller's fault says only that it happened; its detail goes to the log.
+    pub fn public_message(&self) -> String {
+        match self {
             Error::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 "Internal server error".to_owned()
@@ -112,12 +124,7 @@ impl ResponseError for Error {
                 "The database is unavailable; retry later".to_owned()
             }
             other => other.to_string(),
-        };
-        let mut body = json!({ "code": self.code(), "message": message });
-        if let Error::Validation(fields) = self {
-            body["fields"] = json!(fields);
         }
-        HttpResponse::build(self.status_code()).json(json!({ "error": body }))
     }
 }
 
@@ -177,9 +184,17 @@ mod tests {
         assert_eq!(body["error"]["fields"]["email"], "is not an email address");
     }
 
-    #[test]
-    fn internal_errors_do_not_leak_details() {
-        let resp = Error::Internal(anyhow::anyhow!("secret detail")).error_response();
+    #[actix_web::test]
+    async fn internal_errors_do_not_leak_details() {
+        let error = Error::Internal(anyhow::anyhow!("secret detail"));
+        assert_eq!(error.public_message(), "Internal server error");
+        let resp = error.error_response();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = to_bytes(resp.into_body()).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains("secret"), "{body}");
+        assert!(body.contains("internal_error"), "{body}");
+        let unavailable = Error::Unavailable("connection refused at db.internal:5432".into());
+        assert!(!unavailable.public_message().contains("db.internal"));
     }
 }

@@ -41,10 +41,11 @@ pub fn spawn(state: AppState) {
                 tracing::warn!(error = %e, "event pruning failed; retrying next tick");
             }
             if round % PRUNE_EVERY_TICKS == 0 {
+                let access_ttl = state.settings.access_ttl;
                 let pruned = state
-                    .read(|conn| {
+                    .read(move |conn| {
                         let now = now_ms();
-                        Ok(crate::http::prune_idempotency_keys(conn, now)? + sessions::prune(conn, now)?)
+                        Ok(crate::http::prune_idempotency_keys(conn, now)? + sessions::prune(conn, now, access_ttl)?)
                     })
                     .await;
                 if let Err(e) = pruned {

@@ -10,8 +10,9 @@ use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
+use super::sessions;
+use super::tokens::Credentials;
 use super::Actor;
-use crate::domain::ids::UserId;
 use crate::domain::users;
 use crate::domain::values::Role;
 use crate::error::{Error, Result};
@@ -49,32 +50,37 @@ pub fn find_token(req: &HttpRequest) -> Result<Option<(String, TokenSource)>> {
         .map(|t| (t, TokenSource::Cookie)))
 }
 
-/// Verifies a token and loads its user: the role and activity that count are the database's.
-pub async fn authenticate(state: &AppState, token: &str) -> Result<Actor> {
-    let claims = state.keys.verify(token)?;
-    load_actor(state, claims.user_id()?).await
+/// Verifies a token and loads its user: the role and activity that count are the database's, and
+/// the token's sign-in session must not have ended.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<(Actor, Credentials)> {
+    let credentials = state.keys.verify(token)?.credentials()?;
+    Ok((load_actor(state, credentials).await?, credentials))
 }
 
-/// A user as they are now; a user who no longer exists is an invalid token, a deactivated one is
-/// refused.
-pub async fn load_actor(state: &AppState, id: UserId) -> Result<Actor> {
-    let ticket = match state.hub.actors.get(id) {
+/// A user as they are now, for credentials already verified: a user who no longer exists or
+/// whose sign-in session ended is an invalid token, a deactivated one is refused.
+pub async fn load_actor(state: &AppState, credentials: Credentials) -> Result<Actor> {
+    let (id, session) = (credentials.user, credentials.session);
+    let ticket = match state.hub.actors.get(id, session) {
         Ok(actor) => return Ok(actor),
         Err(ticket) => ticket,
     };
-    let user = state
-        .read(move |conn| users::find(conn, id))
-        .await?
-        .ok_or(Error::InvalidToken)?;
+    let (user, live) = state
+        .read(move |conn| Ok((users::find(conn, id)?, sessions::is_live(conn, id, session)?)))
+        .await?;
+    let user = user.ok_or(Error::InvalidToken)?;
     if !user.active {
         return Err(Error::AccountDisabled);
+    }
+    if !live {
+        return Err(Error::InvalidToken);
     }
     let actor = Actor {
         id,
         role: Role::from_db(&user.role)?,
         email: user.email,
     };
-    state.hub.actors.put(actor.clone(), ticket);
+    state.hub.actors.put(actor.clone(), session, ticket);
     Ok(actor)
 }
 
@@ -100,7 +106,7 @@ impl FromRequest for Caller {
                 return Ok(Caller(None));
             };
             let state = state.ok_or_else(|| Error::Internal(anyhow::anyhow!("AppState missing")))?;
-            authenticate(&state, &token).await.map(|actor| Caller(Some(actor)))
+            authenticate(&state, &token).await.map(|(actor, _)| Caller(Some(actor)))
         })
     }
 }

@@ -21,3 +21,11 @@ pub struct Actor {
     pub role: Role,
     pub email: String,
 }
+
+/// A signed-in connection's identity: the caller as last read, and the credentials of the token it
+/// signed in with — which sign-in session it belongs to, and when it stops counting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub actor: Actor,
+    pub credentials: tokens::Credentials,
+}

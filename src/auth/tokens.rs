@@ -22,12 +22,38 @@ pub struct Claims {
     pub role: Role,
     pub iat: i64,
     pub exp: i64,
+    /// The sign-in session the token belongs to: ending it refuses the token before its `exp`.
+    pub sid: i64,
 }
 
 impl Claims {
     pub fn user_id(&self) -> Result<UserId> {
         self.sub.parse().map(UserId).map_err(|_| Error::InvalidToken)
     }
+
+    /// What a connection keeps of the token it was opened or renewed with.
+    pub fn credentials(&self) -> Result<Credentials> {
+        Ok(Credentials {
+            user: self.user_id()?,
+            session: SignInId(self.sid),
+            issued_at: self.iat,
+            expires_at: self.exp,
+        })
+    }
+}
+
+/// A sign-in session's id (the `sid` claim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SignInId(pub i64);
+
+/// A verified access token: whose it is, which sign-in session it continues, and until when (unix
+/// seconds) it may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: UserId,
+    pub session: SignInId,
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
 pub struct TokenKeys {
@@ -51,13 +77,14 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user: UserId, role: Role) -> Result<String> {
+    pub fn issue(&self, user: UserId, role: Role, session: SignInId) -> Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user.to_string(),
             role,
             iat: now,
             exp: now + self.access_ttl as i64,
+            sid: session.0,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Internal(anyhow::anyhow!("signing a token failed: {e}")))
@@ -103,16 +130,19 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let keys = TokenKeys::new(b"secret", 60);
-        let token = keys.issue(UserId(7), Role::Operator).unwrap();
+        let token = keys.issue(UserId(7), Role::Operator, SignInId(3)).unwrap();
         let claims = keys.verify(&token).unwrap();
         assert_eq!(claims.user_id().unwrap(), UserId(7));
+        assert_eq!(claims.credentials().unwrap().session, SignInId(3));
         assert_eq!(claims.role, Role::Operator);
     }
 
     #[test]
     fn other_secrets_and_expired_tokens_fail() {
         let keys = TokenKeys::new(b"secret", 60);
-        let other = TokenKeys::new(b"other", 60).issue(UserId(1), Role::Admin).unwrap();
+        let other = TokenKeys::new(b"other", 60)
+            .issue(UserId(1), Role::Admin, SignInId(1))
+            .unwrap();
         assert!(matches!(keys.verify(&other), Err(Error::InvalidToken)));
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
@@ -120,6 +150,7 @@ mod tests {
             role: Role::User,
             iat: now - 120,
             exp: now - 60,
+            sid: 1,
         };
         let expired = encode(
             &Header::new(Algorithm::HS256),
@@ -128,6 +159,23 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(keys.verify(&expired), Err(Error::TokenExpired)));
+    }
+
+    #[test]
+    fn tokens_without_a_session_are_refused() {
+        // Signed with the right key, but from before sign-in sessions: no `sid`.
+        let now = chrono::Utc::now().timestamp();
+        let claims = serde_json::json!({"sub": "1", "role": "admin", "iat": now, "exp": now + 60});
+        let old = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert!(matches!(
+            TokenKeys::new(b"secret", 60).verify(&old),
+            Err(Error::InvalidToken)
+        ));
     }
 
     #[test]

@@ -93,6 +93,17 @@ diesel::table! {
         token_hash -> Text,
         expires_at -> BigInt,
         created_at -> BigInt,
+        session_id -> Nullable<BigInt>,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    sign_in_sessions (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        created_at -> BigInt,
+        ended_at -> Nullable<BigInt>,
     }
 }
 
@@ -118,6 +129,8 @@ diesel::joinable!(batteries -> stations (station_id));
 diesel::joinable!(bookings -> users (user_id));
 diesel::joinable!(notifications -> users (user_id));
 diesel::joinable!(refresh_tokens -> users (user_id));
+diesel::joinable!(refresh_tokens -> sign_in_sessions (session_id));
+diesel::joinable!(sign_in_sessions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -127,6 +140,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     notifications,
     events,
     event_counter,
+    sign_in_sessions,
     refresh_tokens,
     idempotency_keys,
     settings,

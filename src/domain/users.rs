@@ -10,7 +10,7 @@ use crate::auth::policy;
 use crate::auth::Actor;
 use crate::clock::serialize_iso;
 use crate::db::models::{NewUser, User};
-use crate::db::schema::{refresh_tokens, users};
+use crate::db::schema::users;
 use crate::db::{on_unique_violation, DbConn};
 use crate::error::{Error, Result};
 
@@ -102,7 +102,8 @@ pub struct UserPatch {
     pub display_name: Option<String>,
 }
 
-/// An admin changes a user. Deactivation also ends every sign-in session of that user.
+/// An admin changes a user. (Deactivation also ends the user's sign-in sessions: the handler
+/// does that in the same change, as `auth::sessions` sits above the domain.)
 pub fn update(ch: &mut Change, actor: &Actor, id: UserId, patch: &UserPatch) -> Result<UserView> {
     policy::require_admin(actor)?;
     let current = get(ch.conn, id)?;
@@ -123,8 +124,5 @@ pub fn update(ch: &mut Change, actor: &Actor, id: UserId, patch: &UserPatch) -> 
         ))
         .returning(users::all_columns)
         .get_result(ch.conn)?;
-    if !active {
-        diesel::delete(refresh_tokens::table.filter(refresh_tokens::user_id.eq(id.0))).execute(ch.conn)?;
-    }
     UserView::from_row(row)
 }

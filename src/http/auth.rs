@@ -9,6 +9,7 @@ use serde_json::json;
 use super::body::{self, Body};
 use super::router::Router;
 use crate::auth::extract::{Caller, COOKIE_NAME};
+use crate::auth::sessions::Rotation;
 use crate::auth::{password, sessions};
 use crate::clock::now_ms;
 use crate::db;
@@ -71,7 +72,7 @@ async fn login(state: web::Data<AppState>, req: HttpRequest, body: Body<LoginReq
     .await??;
     let (keys, ttl) = (state.keys.clone(), state.settings.refresh_ttl);
     let session = state
-        .read(move |conn| sessions::start(conn, &keys, ttl, user, now_ms()))
+        .read(move |conn| db::write(conn, |conn| sessions::start(conn, &keys, ttl, user, now_ms())))
         .await?;
     let mut response = HttpResponse::Ok();
     if body::query(&req)?
@@ -101,15 +102,65 @@ struct RefreshRequest {
 async fn refresh(state: web::Data<AppState>, body: Body<RefreshRequest>) -> Result<HttpResponse> {
     let presented = body.value.refresh_token;
     let (keys, ttl) = (state.keys.clone(), state.settings.refresh_ttl);
-    let session = state
-        .read(move |conn| db::write(conn, |conn| sessions::rotate(conn, &keys, ttl, &presented, now_ms())))
+    let rotation = state
+        .change_then(
+            move |ch| sessions::rotate(ch.conn, &keys, ttl, &presented, ch.now),
+            |rotation, hub| {
+                if let Rotation::Reused(user) = rotation {
+                    hub.user_changed(*user);
+                }
+            },
+        )
         .await?;
-    Ok(HttpResponse::Ok().json(session))
+    match rotation {
+        Rotation::Rotated(session) => Ok(HttpResponse::Ok().json(session)),
+        // The session it belonged to has just ended, its live connections with it.
+        Rotation::Reused(_) => Err(Error::InvalidToken),
+    }
 }
 
-async fn logout(state: web::Data<AppState>, body: Body<RefreshRequest>) -> Result<HttpResponse> {
+#[derive(Deserialize)]
+struct LogoutRequest {
+    refresh_token: Option<String>,
+}
+
+/// Ends the sign-in session of the refresh token; `?all=true` ends every session of the signed-in
+/// caller. Either way its access tokens are refused from then on and its live connections close.
+async fn logout(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: Body<LogoutRequest>,
+) -> Result<HttpResponse> {
+    let all = body::query(&req)?.get("all").is_some_and(|v| v == "true" || v == "1");
     let presented = body.value.refresh_token;
-    state.read(move |conn| sessions::end(conn, &presented)).await?;
+    let everywhere = if all { Some(caller.actor()?.id) } else { None };
+    if everywhere.is_none() && presented.is_none() {
+        return Err(Error::field(
+            "refresh_token",
+            "is required (or ?all=true to end every session)",
+        ));
+    }
+    state
+        .change_then(
+            move |ch| {
+                let mut ended = match &presented {
+                    Some(token) => sessions::end(ch.conn, token, ch.now)?,
+                    None => None,
+                };
+                if let Some(user) = everywhere {
+                    sessions::end_all(ch.conn, user, ch.now)?;
+                    ended = Some(user);
+                }
+                Ok(ended)
+            },
+            |ended, hub| {
+                if let Some(user) = ended {
+                    hub.user_changed(*user);
+                }
+            },
+        )
+        .await?;
     let mut gone = session_cookie("", 0);
     gone.make_removal();
     Ok(HttpResponse::NoContent().cookie(gone).finish())

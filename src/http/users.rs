@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::body::{self, Body};
 use super::router::Router;
 use crate::auth::extract::Caller;
+use crate::auth::sessions;
 use crate::domain::ids::UserId;
 use crate::domain::users::{self, UserPatch};
 use crate::domain::values::{DisplayName, Role};
@@ -48,7 +49,13 @@ async fn update(
     Ok(HttpResponse::Ok().json(
         state
             .change_then(
-                move |ch| users::update(ch, &actor, id, &patch),
+                move |ch| {
+                    let user = users::update(ch, &actor, id, &patch)?;
+                    if !user.active {
+                        sessions::end_all(ch.conn, id, ch.now)?;
+                    }
+                    Ok(user)
+                },
                 |user, hub| hub.user_changed(user.id),
             )
             .await?,

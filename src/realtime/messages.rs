@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
+use crate::auth::tokens::Credentials;
 use crate::domain::ids::{StationId, UserId};
 use crate::events::wire::{Frame, Rendered};
 use crate::events::Event;
@@ -57,10 +58,13 @@ pub enum ToSession {
     Sample { channel: Channel, frame: Frame },
     /// The connected user changed (role, activity): check every subscription again.
     Recheck,
-    /// The user as they now are; later requests act as this.
-    Identity(crate::auth::Actor),
-    /// A channel the user may no longer watch (`None`: the account is disabled — close 4003).
+    /// The user as a re-check found them, for the credentials it checked (ignored if the
+    /// connection has signed in otherwise since).
+    Identity { of: Credentials, actor: crate::auth::Actor },
+    /// A channel the identity of `of` may no longer watch (`None`: it may not stay connected — a
+    /// disabled account closes with 4003, an ended sign-in session with 4001).
     Revoked {
+        of: Credentials,
         channel: Option<Channel>,
         error: crate::error::Error,
     },
@@ -142,6 +146,14 @@ pub struct Connect {
     pub outlet: SharedOutlet,
     /// Who is connected, if anyone signed in: changes to that user reach this connection.
     pub user: Option<UserId>,
+}
+
+/// A connection signed in (again) in band: changes to this user now reach it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Identify {
+    pub session: SessionId,
+    pub user: UserId,
 }
 
 /// A connection is gone: forget all it had.

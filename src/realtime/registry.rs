@@ -381,6 +381,16 @@ impl Handler<Connect> for StationRegistry {
     }
 }
 
+impl Handler<Identify> for StationRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Identify, _: &mut Context<Self>) {
+        if let Some(connection) = self.connections.get_mut(&msg.session) {
+            connection.user = Some(msg.user);
+        }
+    }
+}
+
 impl Handler<Disconnect> for StationRegistry {
     type Result = ();
 

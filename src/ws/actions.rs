@@ -7,7 +7,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{policy, Actor};
+use crate::auth::extract::load_actor;
+use crate::auth::{policy, Identity};
+use crate::clock::now_ms;
 use crate::domain::ids::{BookingId, StationId};
 use crate::domain::stations::StationPatch;
 use crate::domain::values::StationStatus;
@@ -50,7 +52,18 @@ fn to_value<T: serde::Serialize>(value: T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::Internal(e.into()))
 }
 
-pub async fn perform(state: Arc<AppState>, actor: Option<Actor>, action: String, data: Value) -> Result<Value> {
+/// Runs one request as the connection's caller as they are now: the role and state REST would
+/// read (through the same cache, forgotten on every change), and never past the token's `exp`.
+pub async fn perform(state: Arc<AppState>, identity: Option<Identity>, action: String, data: Value) -> Result<Value> {
+    let actor = match identity {
+        None => None,
+        Some(identity) => {
+            if identity.credentials.expires_at * 1000 <= now_ms() {
+                return Err(Error::TokenExpired);
+            }
+            Some(load_actor(&state, identity.credentials).await?)
+        }
+    };
     let signed_in = || actor.clone().ok_or(Error::Unauthenticated);
     match action.as_str() {
         "list_stations" => {
@@ -119,13 +132,9 @@ pub async fn perform(state: Arc<AppState>, actor: Option<Actor>, action: String,
 
 /// The error reply of a request, with the contract's code (and `fields` for validation errors).
 pub fn error_reply(request_id: &Value, error: &Error) -> Value {
-    let mut body = json!({"code": error.code(), "message": error.to_string()});
+    let mut body = json!({"code": error.code(), "message": error.public_message()});
     if let Error::Validation(fields) = error {
         body["fields"] = json!(fields);
-    }
-    if let Error::Internal(e) = error {
-        tracing::error!(error = ?e, "internal error in a WebSocket request");
-        body["message"] = json!("Internal server error");
     }
     json!({"type": "error", "request_id": request_id, "error": body})
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::session::close;
 use crate::auth::extract::load_actor;
-use crate::auth::{policy, Actor};
+use crate::auth::{policy, Actor, Identity};
 use crate::clock::now_ms;
 use crate::db;
 use crate::domain::ids::{StationId, UserId};
@@ -46,7 +46,7 @@ pub fn close_code(error: &Error) -> (u16, String) {
         Error::NotFound(_) => close::UNKNOWN_STATION,
         _ => 1011,
     };
-    (code, error.to_string())
+    (code, error.public_message())
 }
 
 /// Registers a new connection; returns the newest event id, for `connection_established`.
@@ -131,16 +131,32 @@ async fn authorize(state: &AppState, actor: Option<&Actor>, channel: Channel) ->
     }
 }
 
+/// One channel of one session on its way in.
+pub struct Joining {
+    pub session: SessionId,
+    pub to: Recipient<ToSession>,
+    pub actor: Option<Actor>,
+    pub channel: Channel,
+    /// Whether messages carry `"channel"` (`/ws`).
+    pub tagged: bool,
+    pub start: Start,
+    /// Sent before the channel's first message, and only once the channel is allowed (a seed
+    /// endpoint's `connection_established`): a connection refused here gets its Close as its only
+    /// frame.
+    pub preface: Option<Frame>,
+}
+
 /// Authorizes, registers and catches up one channel of one session.
-pub async fn join(
-    state: Arc<AppState>,
-    session: SessionId,
-    to: Recipient<ToSession>,
-    actor: Option<Actor>,
-    channel: Channel,
-    tagged: bool,
-    start: Start,
-) {
+pub async fn join(state: Arc<AppState>, joining: Joining) {
+    let Joining {
+        session,
+        ref to,
+        ref actor,
+        channel,
+        tagged,
+        start,
+        ref preface,
+    } = joining;
     let outcome = async {
         let personal = authorize(&state, actor.as_ref(), channel).await?;
         let registered = match (channel, actor.as_ref()) {
@@ -167,7 +183,13 @@ pub async fn join(
             }
         };
         registered.map_err(|e| Error::Internal(anyhow::anyhow!("hub unavailable: {e}")))?;
-        catch_up(&state, &to, actor.as_ref(), channel, tagged, &personal, start).await
+        let wanted = Wanted {
+            channel,
+            tagged,
+            start,
+            preface: preface.clone(),
+        };
+        catch_up(&state, to, actor.as_ref(), &personal, wanted).await
     };
     if let Err(error) = outcome.await {
         to.do_send(ToSession::Refused { channel, error });
@@ -183,20 +205,32 @@ fn feed_of(channel: Channel, actor: Option<&Actor>) -> Option<log::Feed> {
     }
 }
 
+/// What a catch-up is for: which channel, in which form, from where.
+struct Wanted {
+    channel: Channel,
+    tagged: bool,
+    start: Start,
+    preface: Option<Frame>,
+}
+
 async fn catch_up(
     state: &AppState,
     to: &Recipient<ToSession>,
     actor: Option<&Actor>,
-    channel: Channel,
-    tagged: bool,
     personal: &PersonalData,
-    start: Start,
+    wanted: Wanted,
 ) -> Result<()> {
+    let Wanted {
+        channel,
+        tagged,
+        start,
+        preface,
+    } = wanted;
     // A session that went away meanwhile refuses messages; there is nobody left to catch up.
     let gone = |_| Error::Internal(anyhow::anyhow!("session gone"));
     let name = channel.name();
     let form = |text: ByteString| Frame::text(if tagged { wire::tagged(&text, &name) } else { text }.as_ref());
-    let mut items = Vec::new();
+    let mut items: Vec<(Option<i64>, Frame)> = preface.into_iter().map(|frame| (None, frame)).collect();
     if tagged {
         items.push((
             None,
@@ -294,23 +328,27 @@ async fn catch_up(
     to.send(ToSession::GoLive { channel, position }).await.map_err(gone)
 }
 
-/// After an admin changed the connected user: a disabled account loses the connection; otherwise
-/// the session takes the user as they now are, keeps the channels the policy still allows (with
-/// personal data re-decided) and loses the others.
+/// After a change to the connected user (an admin's, or the end of a sign-in session): an account
+/// that is disabled, or whose session ended, loses the connection; otherwise the session takes the
+/// user as they now are, keeps the channels the policy still allows (with personal data re-decided)
+/// and loses the others. Every answer names the credentials it checked, so a connection that has
+/// signed in as someone else meanwhile ignores it.
 pub async fn recheck(
     state: Arc<AppState>,
     session: SessionId,
     to: Recipient<ToSession>,
-    user: UserId,
+    identity: Identity,
     channels: Vec<Channel>,
     tagged: bool,
 ) {
-    let actor = match load_actor(&state, user).await {
+    let of = identity.credentials;
+    let actor = match load_actor(&state, of).await {
         Ok(actor) => actor,
-        Err(Error::AccountDisabled | Error::InvalidToken) => {
+        Err(error @ (Error::AccountDisabled | Error::InvalidToken)) => {
             return to.do_send(ToSession::Revoked {
+                of,
                 channel: None,
-                error: Error::AccountDisabled,
+                error,
             })
         }
         Err(e) => {
@@ -318,7 +356,10 @@ pub async fn recheck(
             return;
         }
     };
-    to.do_send(ToSession::Identity(actor.clone()));
+    to.do_send(ToSession::Identity {
+        of,
+        actor: actor.clone(),
+    });
     for channel in channels {
         match authorize(&state, Some(&actor), channel).await {
             Ok(personal) if channel != Channel::Notifications => {
@@ -335,6 +376,7 @@ pub async fn recheck(
             }
             Ok(_) => {}
             Err(error) => to.do_send(ToSession::Revoked {
+                of,
                 channel: Some(channel),
                 error,
             }),

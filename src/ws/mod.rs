@@ -28,7 +28,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use crate::auth::extract::{authenticate, find_token, TokenSource};
-use crate::auth::Actor;
+use crate::auth::{Actor, Identity};
 use crate::domain::ids::StationId;
 use crate::http::{Recorder, Router, Served};
 use crate::realtime::messages::Channel;
@@ -96,7 +96,7 @@ async fn open(state: web::Data<AppState>, req: HttpRequest, seed: Option<Channel
             None => (Kind::Multiplexed, identity),
         },
     };
-    let greeting = greeting(seed, identity.as_ref());
+    let greeting = greeting(seed, identity.as_ref().map(|i| &i.actor));
     let opening = Opening {
         id: Hub::next_session_id(),
         state: state.clone().into_inner(),
@@ -156,17 +156,17 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
 
 /// Who is connecting, from the token presented at connect (if any). A bad or expired token is
 /// refused even where anonymous callers are welcome, rather than treated as anonymous.
-async fn admit(state: &AppState, req: &HttpRequest) -> Result<Option<Actor>, (u16, String)> {
+async fn admit(state: &AppState, req: &HttpRequest) -> Result<Option<Identity>, (u16, String)> {
     let Some((token, source)) = find_token(req).map_err(|e| channels::close_code(&e))? else {
         return Ok(None);
     };
-    let actor = authenticate(state, &token)
+    let (actor, credentials) = authenticate(state, &token)
         .await
         .map_err(|e| channels::close_code(&e))?;
     if source == TokenSource::Cookie && !origin_allowed(req, &state.settings.allowed_origins) {
         return Err((close::FORBIDDEN, "Cross-site WebSocket refused".into()));
     }
-    Ok(Some(actor))
+    Ok(Some(Identity { actor, credentials }))
 }
 
 #[cfg(test)]

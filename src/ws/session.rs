@@ -18,16 +18,21 @@ use super::inbound::{RateLimiter, Reassembled, Reassembly, Verdict};
 use super::outlet::Outlet;
 use super::socket::{self, Socket};
 use crate::auth::extract::authenticate;
-use crate::auth::Actor as Identity;
+use crate::auth::tokens::Credentials;
+use crate::auth::Identity;
 use crate::clock::{iso, now_ms};
 use crate::error::Error;
 use crate::events::wire::{text, Frame};
-use crate::realtime::messages::{Channel, Disconnect, Leave, SessionId, SharedOutlet, ToSession, Unsubscribe};
+use crate::realtime::messages::{
+    Channel, Disconnect, Identify, Leave, SessionId, SharedOutlet, ToSession, Unsubscribe,
+};
 use crate::realtime::registry::StationRegistry;
 use crate::state::AppState;
 
 /// A peer silent for this many heartbeats is dropped.
 const MISSED_HEARTBEATS: u32 = 3;
+/// On `/ws`, how long before a token's `exp` the client is told `token_expiring` (at most).
+const TOKEN_EXPIRING_LEAD_SECS: u64 = 60;
 /// How long a closing session waits for its Close frame to go out and the client to hang up.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -79,6 +84,8 @@ pub struct WsSession {
     registry: Addr<StationRegistry>,
     /// The client's side has ended.
     peer_gone: bool,
+    /// The close at the token's `exp` (4002) and, on `/ws`, the `token_expiring` before it.
+    expiry: Vec<SpawnHandle>,
 }
 
 type Ctx = Context<WsSession>;
@@ -125,6 +132,7 @@ impl WsSession {
             out: Arc::new(Mutex::new(out)),
             registry,
             peer_gone: false,
+            expiry: Vec::new(),
         }
     }
 
@@ -199,6 +207,11 @@ impl WsSession {
         self.close_as(Some(reason), true, ctx);
     }
 
+    /// Whether the connection is signed in with these credentials now.
+    fn holds(&self, credentials: Credentials) -> bool {
+        self.identity.as_ref().is_some_and(|i| i.credentials == credentials)
+    }
+
     fn tagged(&self) -> bool {
         matches!(self.kind, Kind::Multiplexed)
     }
@@ -226,21 +239,28 @@ impl WsSession {
 
     /// Starts catching a channel up; its live events are held until the catch-up is out.
     fn join(&mut self, channel: Channel, start: Start, ctx: &mut Ctx) {
+        self.join_with(channel, start, None, ctx);
+    }
+
+    /// [`join`](Self::join), with a message to send before the channel's first (a seed
+    /// endpoint's greeting, sent only if the channel may be joined).
+    fn join_with(&mut self, channel: Channel, start: Start, preface: Option<Frame>, ctx: &mut Ctx) {
         if !self.out().join(channel) {
             if self.tagged() {
                 self.reply(ctx, json!({"type": "subscribed", "channel": channel.name()}));
             }
             return;
         }
-        let task = channels::join(
-            self.state.clone(),
-            self.id,
-            ctx.address().recipient(),
-            self.identity.clone(),
+        let joining = channels::Joining {
+            session: self.id,
+            to: ctx.address().recipient(),
+            actor: self.identity.as_ref().map(|i| i.actor.clone()),
             channel,
-            self.tagged(),
+            tagged: self.tagged(),
             start,
-        );
+            preface,
+        };
+        let task = channels::join(self.state.clone(), joining);
         actix_web::rt::spawn(task);
     }
 
@@ -249,8 +269,8 @@ impl WsSession {
             return;
         }
         match (channel, &self.identity) {
-            (Channel::Notifications, Some(actor)) => self.state.hub.directory.do_send(Leave {
-                user: actor.id,
+            (Channel::Notifications, Some(identity)) => self.state.hub.directory.do_send(Leave {
+                user: identity.actor.id,
                 session: self.id,
             }),
             _ => self.registry.do_send(Unsubscribe {
@@ -312,10 +332,10 @@ impl WsSession {
         let check = async move { authenticate(&state, &token).await };
         ctx.spawn(
             actix::fut::wrap_future(check).map(|result, this: &mut Self, ctx| match result {
-                Ok(actor) => this.sign_in(actor, Start::Fresh, ctx),
+                Ok((actor, credentials)) => this.sign_in(Identity { actor, credentials }, Start::Fresh, ctx),
                 Err(e) => this.reply(
                     ctx,
-                    json!({"type": "auth_error", "code": e.code(), "message": e.to_string()}),
+                    json!({"type": "auth_error", "code": e.code(), "message": e.public_message()}),
                 ),
             }),
         );
@@ -324,15 +344,26 @@ impl WsSession {
     /// Takes an identity (at connect or in band). A renewal for the same user keeps every
     /// subscription; a different user starts over. Either way the automatic subscriptions
     /// (notifications; an operator's stations) are made and listed.
-    fn sign_in(&mut self, actor: Identity, start: Start, ctx: &mut Ctx) {
-        let same_user = self.identity.as_ref().is_some_and(|current| current.id == actor.id);
+    fn sign_in(&mut self, identity: Identity, start: Start, ctx: &mut Ctx) {
+        let actor = identity.actor.clone();
+        let same_user = self
+            .identity
+            .as_ref()
+            .is_some_and(|current| current.actor.id == actor.id);
         if !same_user {
             let channels = self.out().channels();
             for channel in channels {
                 self.leave(channel);
             }
         }
-        self.identity = Some(actor.clone());
+        // Changes to this user (and the end of this sign-in session) must find this connection,
+        // however it signed in.
+        self.registry.do_send(Identify {
+            session: self.id,
+            user: actor.id,
+        });
+        self.identity = Some(identity);
+        self.watch_expiry(ctx);
         let state = self.state.clone();
         let who = actor.clone();
         let automatic = async move { channels::automatic(&state, &who).await };
@@ -357,6 +388,37 @@ impl WsSession {
                 }
             }),
         );
+    }
+
+    /// A connection is worth no more than its token: at `exp` it closes with 4002 (the client
+    /// refreshes and resumes); on `/ws` it is told `token_expiring` first — 60 s before, or at half
+    /// the token's lifetime when that is shorter — so it can renew in band. A renewal re-arms both.
+    fn watch_expiry(&mut self, ctx: &mut Ctx) {
+        for handle in self.expiry.drain(..) {
+            ctx.cancel_future(handle);
+        }
+        let Some(credentials) = self.identity.as_ref().map(|i| i.credentials) else {
+            return;
+        };
+        let left_ms = (credentials.expires_at * 1000 - now_ms()).max(0) as u64;
+        let left = Duration::from_millis(left_ms);
+        self.expiry.push(ctx.run_later(left, |this, ctx| {
+            this.close(
+                ctx,
+                CloseCode::Other(close::TOKEN_EXPIRED),
+                "Token expired; refresh and reconnect",
+            )
+        }));
+        if self.tagged() {
+            let lifetime = (credentials.expires_at - credentials.issued_at).max(0) as u64;
+            let lead = Duration::from_secs(TOKEN_EXPIRING_LEAD_SECS.min(lifetime / 2).max(1));
+            let expires_at = credentials.expires_at;
+            self.expiry
+                .push(ctx.run_later(left.saturating_sub(lead), move |this, ctx| {
+                    let expires_in = ((expires_at * 1000 - now_ms()).max(0) + 999) / 1000;
+                    this.reply(ctx, json!({"type": "token_expiring", "expires_in": expires_in}));
+                }));
+        }
     }
 
     fn channel_of(&mut self, message: &Value, ctx: &mut Ctx) -> Option<Channel> {
@@ -434,7 +496,7 @@ impl WsSession {
                 };
                 self.reply(
                     ctx,
-                    json!({"type": "error", "code": code, "channel": channel.name(), "message": error.to_string()}),
+                    json!({"type": "error", "code": code, "channel": channel.name(), "message": error.public_message()}),
                 )
             }
         }
@@ -456,7 +518,7 @@ impl Actor for WsSession {
             .ws_connections
             .with_label_values(&[endpoint])
             .inc();
-        tracing::info!(session = self.id, endpoint, user = ?self.identity.as_ref().map(|a| a.id.0), "websocket opened");
+        tracing::info!(session = self.id, endpoint, user = ?self.identity.as_ref().map(|i| i.actor.id.0), "websocket opened");
         // Messages from other threads (personal events, catch-ups) are bounded too: routers that
         // find the mailbox full drop this session (1013).
         ctx.set_mailbox_capacity(self.limits.send_queue);
@@ -473,19 +535,26 @@ impl Actor for WsSession {
         // mailbox is first in, first out), so the greeting need not wait for it.
         let to = ctx.address().recipient();
         let outlet: SharedOutlet = self.out.clone();
-        let user = self.identity.as_ref().map(|a| a.id);
+        let user = self.identity.as_ref().map(|i| i.actor.id);
         let last_event_id = channels::register(&self.state, self.id, to, outlet, user);
         let mut greeting = self.greeting.clone();
         greeting["last_event_id"] = json!(last_event_id);
-        self.reply(ctx, greeting);
+        let greeting = Frame::text(&text(&greeting));
         let start = self.start;
         match (&self.kind, self.identity.clone()) {
+            // The greeting goes out once the channel is allowed: a refusal is the only frame.
             (Kind::Seed { channel }, _) => {
                 let channel = *channel;
-                self.join(channel, start, ctx);
+                self.watch_expiry(ctx);
+                self.join_with(channel, start, Some(greeting), ctx);
             }
-            (Kind::Multiplexed, Some(actor)) => self.sign_in(actor, start, ctx),
-            (Kind::Multiplexed, None) | (Kind::Refused { .. }, _) => {}
+            (Kind::Multiplexed, identity) => {
+                self.send(greeting.bytes().clone(), ctx);
+                if let Some(identity) = identity {
+                    self.sign_in(identity, start, ctx);
+                }
+            }
+            (Kind::Refused { .. }, _) => {}
         }
     }
 
@@ -501,9 +570,9 @@ impl Actor for WsSession {
         }
         self.registry.do_send(Disconnect { session: self.id });
         let notified = self.out().has(Channel::Notifications);
-        if let (true, Some(actor)) = (notified, &self.identity) {
+        if let (true, Some(identity)) = (notified, &self.identity) {
             self.state.hub.directory.do_send(Leave {
-                user: actor.id,
+                user: identity.actor.id,
                 session: self.id,
             });
         }
@@ -537,7 +606,7 @@ impl Handler<ToSession> for WsSession {
             }
             ToSession::Refused { channel, error } => self.refused(channel, error, ctx),
             ToSession::Recheck => {
-                let Some(user) = self.identity.as_ref().map(|a| a.id) else {
+                let Some(identity) = self.identity.clone() else {
                     return;
                 };
                 let channels = self.out().channels();
@@ -545,26 +614,31 @@ impl Handler<ToSession> for WsSession {
                     self.state.clone(),
                     self.id,
                     ctx.address().recipient(),
-                    user,
+                    identity,
                     channels,
                     self.tagged(),
                 );
                 actix_web::rt::spawn(task);
             }
-            ToSession::Identity(actor) => self.identity = Some(actor),
-            ToSession::Revoked { channel: None, error } => {
+            // Answers about credentials the connection no longer holds are stale.
+            ToSession::Identity { of, .. } | ToSession::Revoked { of, .. } if !self.holds(of) => {}
+            ToSession::Identity { of, actor } => self.identity = Some(Identity { actor, credentials: of }),
+            ToSession::Revoked {
+                channel: None, error, ..
+            } => {
                 let (code, reason) = channels::close_code(&error);
                 self.close(ctx, CloseCode::Other(code), &reason)
             }
             ToSession::Revoked {
                 channel: Some(channel),
                 error,
+                ..
             } => match self.kind {
                 Kind::Multiplexed => {
                     self.leave(channel);
                     self.reply(
                         ctx,
-                        json!({"type": "unsubscribed", "channel": channel.name(), "reason": error.code(), "message": error.to_string()}),
+                        json!({"type": "unsubscribed", "channel": channel.name(), "reason": error.code(), "message": error.public_message()}),
                     );
                 }
                 _ => self.refused(channel, error, ctx),

@@ -94,7 +94,7 @@ async fn tokens_are_checked_strictly() {
     let now = chrono::Utc::now().timestamp();
     let id = app.admin.id;
     let expired = token_with(
-        json!({"sub": id.to_string(), "role": "admin", "iat": now - 100, "exp": now - 10}),
+        json!({"sub": id.to_string(), "role": "admin", "iat": now - 100, "exp": now - 10, "sid": 1}),
         JWT_SECRET,
         Algorithm::HS256,
     );
@@ -102,7 +102,7 @@ async fn tokens_are_checked_strictly() {
         .await
         .expect_error(401, "token_expired");
     let forged = token_with(
-        json!({"sub": id.to_string(), "role": "admin", "iat": now, "exp": now + 60}),
+        json!({"sub": id.to_string(), "role": "admin", "iat": now, "exp": now + 60, "sid": 1}),
         "other",
         Algorithm::HS256,
     );
@@ -110,7 +110,7 @@ async fn tokens_are_checked_strictly() {
         .await
         .expect_error(401, "invalid_token");
     let other_alg = token_with(
-        json!({"sub": id.to_string(), "role": "admin", "iat": now, "exp": now + 60}),
+        json!({"sub": id.to_string(), "role": "admin", "iat": now, "exp": now + 60, "sid": 1}),
         JWT_SECRET,
         Algorithm::HS512,
     );

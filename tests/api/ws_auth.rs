@@ -30,11 +30,11 @@ async fn refusals_are_close_codes_after_the_upgrade() {
     };
     let id = app.admin.id.to_string();
     let expired = sign(
-        json!({"sub": id, "role": "admin", "iat": now - 100, "exp": now - 10}),
+        json!({"sub": id, "role": "admin", "iat": now - 100, "exp": now - 10, "sid": 1}),
         JWT_SECRET,
     );
     let forged = sign(
-        json!({"sub": id, "role": "admin", "iat": now, "exp": now + 100}),
+        json!({"sub": id, "role": "admin", "iat": now, "exp": now + 100, "sid": 1}),
         "not-the-secret",
     );
     let unsigned =

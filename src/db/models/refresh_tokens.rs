@@ -10,4 +10,6 @@ pub struct NewRefreshToken<'a> {
     pub token_hash: &'a str,
     pub expires_at: i64,
     pub created_at: i64,
+    /// The sign-in session this token continues.
+    pub session_id: Option<i64>,
 }
