@@ -92,13 +92,21 @@ impl TokenKeys {
 
     /// Expired tokens are told apart so clients know to refresh; every other failure
     /// (bad signature, other algorithm, `alg: none`, garbage) is simply invalid.
+    ///
+    /// RFC 7519 makes `exp` the first moment a token must not be accepted; the library accepts it
+    /// through that whole second, so the check is repeated here in milliseconds — the same instant
+    /// at which a live connection holding the token is closed.
     pub fn verify(&self, token: &str) -> Result<Claims> {
-        decode::<Claims>(token, &self.decoding, &self.validation)
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => Error::TokenExpired,
                 _ => Error::InvalidToken,
-            })
+            })?;
+        if claims.exp.saturating_mul(1000) <= crate::clock::now_ms() {
+            return Err(Error::TokenExpired);
+        }
+        Ok(claims)
     }
 }
 

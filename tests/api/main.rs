@@ -15,6 +15,7 @@ mod errors;
 mod events;
 mod idempotency;
 mod lists;
+mod live_identity;
 mod logs;
 mod metrics;
 mod notifications;

@@ -793,6 +793,10 @@ async fn a_live_swap_speaks_exactly_the_documented_protocols() {
         .send(&docs, json!({"type": "authenticate", "token": "not-a-token"}))
         .await;
     mux_driver.until(&docs, &mut matched, typed("auth_error")).await;
+    // A token that expires in three seconds (the driver's own sign-in session): `token_expiring`.
+    let short = short_lived(&driver.token, 3);
+    let mut expiring = Watcher::connect(&app, &format!("/ws?token={short}"), "/ws").await;
+    expiring.until(&docs, &mut matched, typed("token_expiring")).await;
     mux_driver
         .send(&docs, json!({"type": "authenticate", "token": driver.token}))
         .await;
@@ -1006,4 +1010,23 @@ async fn a_live_swap_speaks_exactly_the_documented_protocols() {
     let all_keys: BTreeSet<String> = docs.server.values().flatten().map(|m| m.key.clone()).collect();
     let never: Vec<_> = all_keys.difference(&matched).collect();
     assert!(never.is_empty(), "documented but never sent: {never:?}");
+}
+
+/// The same claims as `token` (its user and sign-in session), signed again to expire in `secs`.
+fn short_lived(token: &str, secs: i64) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let mut claims: Value = serde_json::from_slice(&claims).expect("JSON claims");
+    let now = chrono::Utc::now().timestamp();
+    claims["iat"] = json!(now);
+    claims["exp"] = json!(now + secs);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(crate::helpers::JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
 }
