@@ -102,11 +102,30 @@ impl ResponseError for Error {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({ "code": self.code(), "message": self.public_message() });
-        if let Error::Validation(fields) = self {
-            body["fields"] = json!(fields);
+        HttpResponse::build(self.status_code()).json(json!({ "error": ErrorBody::of(self) }))
+    }
+}
+
+/// The contract's error body (§6): what REST answers and a `/ws` request's refusal carries.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<&'a BTreeMap<String, String>>,
+}
+
+impl<'a> ErrorBody<'a> {
+    /// The one mapping from the crate's error to what a client is told.
+    pub fn of(error: &'a Error) -> ErrorBody<'a> {
+        ErrorBody {
+            code: error.code(),
+            message: error.public_message(),
+            fields: match error {
+                Error::Validation(fields) => Some(fields),
+                _ => None,
+            },
         }
-        HttpResponse::build(self.status_code()).json(json!({ "error": body }))
     }
 }
 

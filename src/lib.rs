@@ -22,6 +22,7 @@
 //! - [`sweeper`]  booking expiry and pruning in the background
 //! - [`clock`]    time as stored (unix ms) and as shown (RFC 3339)
 //! - [`metrics`]  Prometheus metrics, shared by the hub, the sessions and the request log
+//! - [`protocol`] the WebSocket protocol as types: client messages, server control messages, close codes
 //! - [`bench`]    the load generator behind `swapcast bench`
 
 pub mod auth;
@@ -34,6 +35,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod protocol;
 pub mod realtime;
 pub mod startup;
 pub mod state;

@@ -19,7 +19,7 @@ use crate::domain::ids::{StationId, UserId};
 use crate::events::wire::{tagged, Frame, Rendered};
 use crate::events::Audience;
 use crate::metrics::Metrics;
-use serde_json::json;
+use crate::protocol::ServerMessage;
 
 struct Connection {
     to: Recipient<ToSession>,
@@ -191,19 +191,15 @@ impl Registries {
             let secs = then.elapsed().as_secs_f64().max(0.001);
             last = (Instant::now(), events, deliveries);
             let stats = self.stats().await;
-            let frame = Frame::text(&tagged(
-                &json!({
-                    "type": "system_metrics",
-                    "connections": stats.connections,
-                    "subscriptions": stats.subscriptions,
-                    "events_per_sec": ((events - events_then) as f64 / secs * 10.0).round() / 10.0,
-                    "deliveries_per_sec": ((deliveries - deliveries_then) as f64 / secs * 10.0).round() / 10.0,
-                    "node": &*self.shared.node,
-                    "timestamp": iso(now_ms()),
-                })
-                .to_string(),
-                &Channel::System.name(),
-            ));
+            let sample = ServerMessage::SystemMetrics {
+                connections: stats.connections,
+                subscriptions: stats.subscriptions,
+                events_per_sec: ((events - events_then) as f64 / secs * 10.0).round() / 10.0,
+                deliveries_per_sec: ((deliveries - deliveries_then) as f64 / secs * 10.0).round() / 10.0,
+                node: &self.shared.node,
+                timestamp: iso(now_ms()),
+            };
+            let frame = sample.tagged_frame(&Channel::System.name());
             self.broadcast(SystemSample(frame));
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::auth::extract::load_actor;
 use crate::auth::{policy, Identity};
@@ -128,13 +128,4 @@ pub async fn perform(state: Arc<AppState>, identity: Option<Identity>, action: S
         }
         other => Err(Error::field("action", format!("unknown action {other:?}"))),
     }
-}
-
-/// The error reply of a request, with the contract's code (and `fields` for validation errors).
-pub fn error_reply(request_id: &Value, error: &Error) -> Value {
-    let mut body = json!({"code": error.code(), "message": error.public_message()});
-    if let Error::Validation(fields) = error {
-        body["fields"] = json!(fields);
-    }
-    json!({"type": "error", "request_id": request_id, "error": body})
 }

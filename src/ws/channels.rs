@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use actix::Recipient;
 use bytestring::ByteString;
-use serde_json::json;
 
-use super::session::close;
 use crate::auth::extract::load_actor;
 use crate::auth::{policy, Actor, Identity};
 use crate::clock::now_ms;
@@ -20,6 +18,7 @@ use crate::domain::stations;
 use crate::error::{Error, Result};
 use crate::events::wire::{self, Frame};
 use crate::events::{log, Audience};
+use crate::protocol::ServerMessage;
 use crate::realtime::messages::{Channel, Connect, Join, PersonalData, SessionId, SharedOutlet, Subscribe, ToSession};
 use crate::state::AppState;
 
@@ -36,18 +35,6 @@ pub enum Start {
 /// before — and a session whose socket is not draining takes nothing — so a long replay never
 /// sits in memory at once.
 const REPLAY_CHUNK: i64 = 500;
-
-/// The close code (seed endpoints) for a refusal.
-pub fn close_code(error: &Error) -> (u16, String) {
-    let code = match error {
-        Error::InvalidToken | Error::Unauthenticated => close::INVALID_TOKEN,
-        Error::TokenExpired => close::TOKEN_EXPIRED,
-        Error::AccountDisabled | Error::Forbidden(_) => close::FORBIDDEN,
-        Error::NotFound(_) => close::UNKNOWN_STATION,
-        _ => 1011,
-    };
-    (code, error.public_message())
-}
 
 /// Registers a new connection; returns the newest event id, for `connection_established`.
 pub fn register(
@@ -232,10 +219,7 @@ async fn catch_up(
     let form = |text: ByteString| Frame::text(if tagged { wire::tagged(&text, &name) } else { text }.as_ref());
     let mut items: Vec<(Option<i64>, Frame)> = preface.into_iter().map(|frame| (None, frame)).collect();
     if tagged {
-        items.push((
-            None,
-            Frame::text(&wire::text(&json!({"type": "subscribed", "channel": name}))),
-        ));
+        items.push((None, ServerMessage::Subscribed { channel: name.clone() }.frame()));
     }
     let feed = feed_of(channel, actor);
     let resumable = match (start, feed) {
@@ -281,19 +265,23 @@ async fn catch_up(
     match start {
         Start::Resume(_) if feed.is_some() => items.push((
             None,
-            form(wire::text(&json!({
-                "type": "error",
-                "code": "resume_expired",
-                "message": "Events after last_event_id are no longer retained; starting from a snapshot",
-            }))),
+            form(
+                ServerMessage::error(
+                    "resume_expired",
+                    "Events after last_event_id are no longer retained; starting from a snapshot",
+                )
+                .text(),
+            ),
         )),
         Start::Unreadable => items.push((
             None,
-            form(wire::text(&json!({
-                "type": "error",
-                "code": "invalid_last_event_id",
-                "message": "last_event_id must be an event id; starting from a snapshot",
-            }))),
+            form(
+                ServerMessage::error(
+                    "invalid_last_event_id",
+                    "last_event_id must be an event id; starting from a snapshot",
+                )
+                .text(),
+            ),
         )),
         _ => {}
     }

@@ -25,17 +25,18 @@ use std::collections::HashMap;
 
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
 
 use crate::auth::extract::{authenticate, find_token, TokenSource};
 use crate::auth::{Actor, Identity};
 use crate::domain::ids::StationId;
 use crate::http::{Recorder, Router, Served};
+use crate::protocol::Greeting;
+use crate::protocol::{close, close_for};
 use crate::realtime::messages::Channel;
 use crate::realtime::Hub;
 use crate::state::AppState;
 use channels::Start;
-use session::{close, Kind, Limits, Opening};
+use session::{Kind, Limits, Opening};
 use upgrade::Handover;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -113,20 +114,18 @@ async fn open(state: web::Data<AppState>, req: HttpRequest, seed: Option<Channel
 }
 
 /// `connection_established`, less `last_event_id` (added once the session is registered).
-fn greeting(seed: Option<Channel>, identity: Option<&Actor>) -> Value {
-    match seed {
-        Some(Channel::Stations) => json!({"type": "connection_established", "message": "Connected to all stations"}),
-        Some(Channel::Station(id)) => json!({
-            "type": "connection_established",
-            "message": format!("Connected to station_{id}"),
-            "station_id": id,
-        }),
-        Some(Channel::Notifications) => json!({
-            "type": "connection_established",
-            "message": "Connected to notifications",
-            "user_id": identity.map(|a| a.id),
-        }),
-        Some(Channel::System) | None => json!({"type": "connection_established", "message": "Connected"}),
+fn greeting(seed: Option<Channel>, identity: Option<&Actor>) -> Greeting {
+    let (message, station_id, user_id) = match seed {
+        Some(Channel::Stations) => ("Connected to all stations", None, None),
+        // "Connected to station_1": the id is appended.
+        Some(Channel::Station(id)) => ("Connected to station", Some(id), None),
+        Some(Channel::Notifications) => ("Connected to notifications", None, identity.map(|a| a.id)),
+        Some(Channel::System) | None => ("Connected", None, None),
+    };
+    Greeting {
+        message,
+        station_id,
+        user_id,
     }
 }
 
@@ -157,12 +156,10 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
 /// Who is connecting, from the token presented at connect (if any). A bad or expired token is
 /// refused even where anonymous callers are welcome, rather than treated as anonymous.
 async fn admit(state: &AppState, req: &HttpRequest) -> Result<Option<Identity>, (u16, String)> {
-    let Some((token, source)) = find_token(req).map_err(|e| channels::close_code(&e))? else {
+    let Some((token, source)) = find_token(req).map_err(|e| close_for(&e))? else {
         return Ok(None);
     };
-    let (actor, credentials) = authenticate(state, &token)
-        .await
-        .map_err(|e| channels::close_code(&e))?;
+    let (actor, credentials) = authenticate(state, &token).await.map_err(|e| close_for(&e))?;
     if source == TokenSource::Cookie && !origin_allowed(req, &state.settings.allowed_origins) {
         return Err((close::FORBIDDEN, "Cross-site WebSocket refused".into()));
     }

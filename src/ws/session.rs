@@ -10,7 +10,7 @@ use actix::prelude::*;
 use actix_http::ws::{CloseCode, CloseReason, Frame as WsFrame, OpCode, ProtocolError};
 use actix_web::rt::net::TcpStream;
 use bytes::{Bytes, BytesMut};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::actions;
 use super::channels::{self, Start};
@@ -22,7 +22,9 @@ use crate::auth::tokens::Credentials;
 use crate::auth::Identity;
 use crate::clock::{iso, now_ms};
 use crate::error::Error;
-use crate::events::wire::{text, Frame};
+use crate::error::ErrorBody;
+use crate::events::wire::Frame;
+use crate::protocol::{close, close_for, ClientMessage, Greeting, Inbound, ServerMessage};
 use crate::realtime::messages::{
     Channel, Disconnect, Identify, Leave, SessionId, SharedOutlet, ToSession, Unsubscribe,
 };
@@ -35,15 +37,6 @@ const MISSED_HEARTBEATS: u32 = 3;
 const TOKEN_EXPIRING_LEAD_SECS: u64 = 60;
 /// How long a closing session waits for its Close frame to go out and the client to hang up.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-/// Close codes of the contract (§3, §4.4) beyond RFC 6455's named ones.
-pub mod close {
-    pub const INVALID_TOKEN: u16 = 4001;
-    pub const TOKEN_EXPIRED: u16 = 4002;
-    pub const FORBIDDEN: u16 = 4003;
-    pub const UNKNOWN_STATION: u16 = 4004;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-}
 
 /// The limits a session enforces, from the settings.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +63,7 @@ pub struct WsSession {
     state: Arc<AppState>,
     kind: Kind,
     /// `connection_established`, less `last_event_id`.
-    greeting: Value,
+    greeting: Greeting,
     identity: Option<Identity>,
     limits: Limits,
     last_heard: Instant,
@@ -96,7 +89,7 @@ pub struct Opening {
     pub id: SessionId,
     pub state: Arc<AppState>,
     pub kind: Kind,
-    pub greeting: Value,
+    pub greeting: Greeting,
     pub identity: Option<Identity>,
     pub limits: Limits,
     pub start: Start,
@@ -233,8 +226,8 @@ impl WsSession {
         self.attend(ctx);
     }
 
-    fn reply(&mut self, ctx: &mut Ctx, message: Value) {
-        self.send(Frame::text(&text(&message)).bytes().clone(), ctx);
+    fn reply(&mut self, ctx: &mut Ctx, message: ServerMessage) {
+        self.send(message.frame().bytes().clone(), ctx);
     }
 
     /// Starts catching a channel up; its live events are held until the catch-up is out.
@@ -247,7 +240,12 @@ impl WsSession {
     fn join_with(&mut self, channel: Channel, start: Start, preface: Option<Frame>, ctx: &mut Ctx) {
         if !self.out().join(channel) {
             if self.tagged() {
-                self.reply(ctx, json!({"type": "subscribed", "channel": channel.name()}));
+                self.reply(
+                    ctx,
+                    ServerMessage::Subscribed {
+                        channel: channel.name(),
+                    },
+                );
             }
             return;
         }
@@ -289,44 +287,60 @@ impl WsSession {
                 if tell {
                     self.reply(
                         ctx,
-                        json!({"type": "error", "code": "rate_limited", "message": "Too many messages; slow down"}),
+                        ServerMessage::error("rate_limited", "Too many messages; slow down"),
                     );
                 }
                 return;
             }
             Verdict::Close => return self.close(ctx, CloseCode::Policy, "Message rate far over the limit"),
         }
-        let Ok(message) = serde_json::from_str::<Value>(raw) else {
-            return self.reply(ctx, json!({"type": "error", "message": "Invalid JSON"}));
+        let message = match Inbound::parse(raw) {
+            Inbound::Message(message) => message,
+            Inbound::NotJson => return self.reply(ctx, seed_error("Invalid JSON".into())),
+            Inbound::Unknown(kind) => return self.unknown(&kind, ctx),
         };
-        let kind = message
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("(none)")
-            .to_owned();
-        match (kind.as_str(), &self.kind) {
+        match (message, &self.kind) {
             (_, Kind::Refused { .. }) => {}
-            ("ping", _) => {
-                let timestamp = match message.get("timestamp") {
-                    Some(t) if !t.is_null() => t.clone(),
-                    _ => json!(iso(now_ms())),
-                };
-                self.reply(ctx, json!({"type": "pong", "timestamp": timestamp}));
+            (ClientMessage::Ping { timestamp }, _) => {
+                let timestamp = timestamp
+                    .filter(|t| !t.is_null())
+                    .unwrap_or_else(|| Value::from(iso(now_ms())));
+                self.reply(ctx, ServerMessage::Pong { timestamp });
             }
-            ("authenticate", Kind::Multiplexed) => self.on_authenticate(&message, ctx),
-            ("subscribe", Kind::Multiplexed) => self.on_subscribe(&message, ctx),
-            ("unsubscribe", Kind::Multiplexed) => self.on_unsubscribe(&message, ctx),
-            ("request", Kind::Multiplexed) => self.on_request(message, ctx),
-            (other, _) => self.reply(
-                ctx,
-                json!({"type": "error", "message": format!("Unknown message type: {other}")}),
-            ),
+            (ClientMessage::Authenticate { token }, Kind::Multiplexed) => self.on_authenticate(token, ctx),
+            (ClientMessage::Subscribe { channel, last_event_id }, Kind::Multiplexed) => {
+                self.on_subscribe(channel, last_event_id, ctx)
+            }
+            (ClientMessage::Unsubscribe { channel }, Kind::Multiplexed) => self.on_unsubscribe(channel, ctx),
+            (
+                ClientMessage::Request {
+                    request_id,
+                    action,
+                    data,
+                },
+                Kind::Multiplexed,
+            ) => self.on_request(request_id, action, data, ctx),
+            // The seed endpoints know only `ping`.
+            (ClientMessage::Authenticate { .. }, _) => self.unknown("authenticate", ctx),
+            (ClientMessage::Subscribe { .. }, _) => self.unknown("subscribe", ctx),
+            (ClientMessage::Unsubscribe { .. }, _) => self.unknown("unsubscribe", ctx),
+            (ClientMessage::Request { .. }, _) => self.unknown("request", ctx),
         }
     }
 
-    fn on_authenticate(&mut self, message: &Value, ctx: &mut Ctx) {
-        let Some(token) = message.get("token").and_then(Value::as_str).map(str::to_owned) else {
-            return self.reply(ctx, json!({"type": "auth_error", "message": "token is required"}));
+    fn unknown(&mut self, kind: &str, ctx: &mut Ctx) {
+        self.reply(ctx, seed_error(format!("Unknown message type: {kind}").into()));
+    }
+
+    fn on_authenticate(&mut self, token: Option<Value>, ctx: &mut Ctx) {
+        let Some(token) = token.as_ref().and_then(Value::as_str).map(str::to_owned) else {
+            return self.reply(
+                ctx,
+                ServerMessage::AuthError {
+                    code: None,
+                    message: "token is required".into(),
+                },
+            );
         };
         let state = self.state.clone();
         let check = async move { authenticate(&state, &token).await };
@@ -335,7 +349,10 @@ impl WsSession {
                 Ok((actor, credentials)) => this.sign_in(Identity { actor, credentials }, Start::Fresh, ctx),
                 Err(e) => this.reply(
                     ctx,
-                    json!({"type": "auth_error", "code": e.code(), "message": e.public_message()}),
+                    ServerMessage::AuthError {
+                        code: Some(e.code()),
+                        message: e.public_message().into(),
+                    },
                 ),
             }),
         );
@@ -379,7 +396,11 @@ impl WsSession {
                 names.sort();
                 this.reply(
                     ctx,
-                    json!({"type": "authenticated", "user_id": actor.id, "role": actor.role, "subscriptions": names}),
+                    ServerMessage::Authenticated {
+                        user_id: actor.id,
+                        role: actor.role,
+                        subscriptions: names,
+                    },
                 );
                 for channel in automatic {
                     if !current.contains(&channel) {
@@ -416,51 +437,69 @@ impl WsSession {
             self.expiry
                 .push(ctx.run_later(left.saturating_sub(lead), move |this, ctx| {
                     let expires_in = ((expires_at * 1000 - now_ms()).max(0) + 999) / 1000;
-                    this.reply(ctx, json!({"type": "token_expiring", "expires_in": expires_in}));
+                    this.reply(ctx, ServerMessage::TokenExpiring { expires_in });
                 }));
         }
     }
 
-    fn channel_of(&mut self, message: &Value, ctx: &mut Ctx) -> Option<Channel> {
-        let name = message.get("channel").and_then(Value::as_str).unwrap_or("");
+    fn channel_of(&mut self, name: Option<Value>, ctx: &mut Ctx) -> Option<Channel> {
+        let name = name.as_ref().and_then(Value::as_str).unwrap_or("");
         let channel = Channel::parse(name);
         if channel.is_none() {
             self.reply(
                 ctx,
-                json!({"type": "error", "code": "unknown_channel", "channel": name, "message": format!("No channel named {name:?}")}),
+                ServerMessage::Error {
+                    code: Some("unknown_channel"),
+                    channel: Some(name.to_owned()),
+                    message: format!("No channel named {name:?}").into(),
+                },
             );
         }
         channel
     }
 
-    fn on_subscribe(&mut self, message: &Value, ctx: &mut Ctx) {
-        let Some(channel) = self.channel_of(message, ctx) else {
+    fn on_subscribe(&mut self, channel: Option<Value>, last_event_id: Option<Value>, ctx: &mut Ctx) {
+        let Some(channel) = self.channel_of(channel, ctx) else {
             return;
         };
-        let start = match message.get("last_event_id") {
+        let start = match last_event_id {
             None | Some(Value::Null) => Start::Fresh,
             Some(id) => id.as_i64().map(Start::Resume).unwrap_or(Start::Unreadable),
         };
         self.join(channel, start, ctx);
     }
 
-    fn on_unsubscribe(&mut self, message: &Value, ctx: &mut Ctx) {
-        let Some(channel) = self.channel_of(message, ctx) else {
+    fn on_unsubscribe(&mut self, channel: Option<Value>, ctx: &mut Ctx) {
+        let Some(channel) = self.channel_of(channel, ctx) else {
             return;
         };
         self.leave(channel);
-        self.reply(ctx, json!({"type": "unsubscribed", "channel": channel.name()}));
+        self.reply(
+            ctx,
+            ServerMessage::Unsubscribed {
+                channel: channel.name(),
+                reason: None,
+                message: None,
+            },
+        );
     }
 
-    fn on_request(&mut self, message: Value, ctx: &mut Ctx) {
-        let request_id = message.get("request_id").cloned().unwrap_or(Value::Null);
-        let action = message.get("action").and_then(Value::as_str).unwrap_or("").to_owned();
-        let data = message.get("data").cloned().unwrap_or_else(|| json!({}));
+    fn on_request(&mut self, request_id: Option<Value>, action: Option<Value>, data: Option<Value>, ctx: &mut Ctx) {
+        let request_id = request_id.unwrap_or(Value::Null);
+        let action = action.as_ref().and_then(Value::as_str).unwrap_or("").to_owned();
+        let data = data.unwrap_or_else(|| Value::Object(Default::default()));
         let work = actions::perform(self.state.clone(), self.identity.clone(), action.clone(), data);
         ctx.spawn(actix::fut::wrap_future(work).map(move |result, this: &mut Self, ctx| {
             let reply = match result {
-                Ok(data) => json!({"type": "response", "request_id": request_id, "action": action, "data": data}),
-                Err(error) => actions::error_reply(&request_id, &error),
+                Ok(data) => ServerMessage::Response {
+                    request_id: &request_id,
+                    action: &action,
+                    data,
+                },
+                Err(ref error) => ServerMessage::RequestError {
+                    request_id: &request_id,
+                    error: ErrorBody::of(error),
+                },
             };
             this.reply(ctx, reply);
         }));
@@ -485,7 +524,7 @@ impl WsSession {
         }
         match self.kind {
             Kind::Seed { .. } | Kind::Refused { .. } => {
-                let (code, reason) = channels::close_code(&error);
+                let (code, reason) = close_for(&error);
                 self.close(ctx, CloseCode::Other(code), &reason)
             }
             Kind::Multiplexed => {
@@ -496,7 +535,11 @@ impl WsSession {
                 };
                 self.reply(
                     ctx,
-                    json!({"type": "error", "code": code, "channel": channel.name(), "message": error.public_message()}),
+                    ServerMessage::Error {
+                        code: Some(code),
+                        channel: Some(channel.name()),
+                        message: error.public_message().into(),
+                    },
                 )
             }
         }
@@ -537,9 +580,7 @@ impl Actor for WsSession {
         let outlet: SharedOutlet = self.out.clone();
         let user = self.identity.as_ref().map(|i| i.actor.id);
         let last_event_id = channels::register(&self.state, self.id, to, outlet, user);
-        let mut greeting = self.greeting.clone();
-        greeting["last_event_id"] = json!(last_event_id);
-        let greeting = Frame::text(&text(&greeting));
+        let greeting = self.greeting.at(last_event_id).frame();
         let start = self.start;
         match (&self.kind, self.identity.clone()) {
             // The greeting goes out once the channel is allowed: a refusal is the only frame.
@@ -626,7 +667,7 @@ impl Handler<ToSession> for WsSession {
             ToSession::Revoked {
                 channel: None, error, ..
             } => {
-                let (code, reason) = channels::close_code(&error);
+                let (code, reason) = close_for(&error);
                 self.close(ctx, CloseCode::Other(code), &reason)
             }
             ToSession::Revoked {
@@ -638,7 +679,11 @@ impl Handler<ToSession> for WsSession {
                     self.leave(channel);
                     self.reply(
                         ctx,
-                        json!({"type": "unsubscribed", "channel": channel.name(), "reason": error.code(), "message": error.public_message()}),
+                        ServerMessage::Unsubscribed {
+                            channel: channel.name(),
+                            reason: Some(error.code()),
+                            message: Some(error.public_message()),
+                        },
                     );
                 }
                 _ => self.refused(channel, error, ctx),
@@ -673,20 +718,14 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
                 Ok(raw) => self.on_text(raw, ctx),
                 Err(_) => self.close(ctx, CloseCode::Invalid, "Text is not UTF-8"),
             },
-            WsFrame::Binary(_) => self.reply(
-                ctx,
-                json!({"type": "error", "message": "Binary messages are not supported"}),
-            ),
+            WsFrame::Binary(_) => self.reply(ctx, seed_error("Binary messages are not supported".into())),
             WsFrame::Continuation(item) => match self.fragments.push(item) {
                 Reassembled::Pending => {}
                 Reassembled::Text(bytes) => match std::str::from_utf8(&bytes) {
                     Ok(raw) => self.on_text(raw, ctx),
                     Err(_) => self.close(ctx, CloseCode::Invalid, "Text is not UTF-8"),
                 },
-                Reassembled::Binary(_) => self.reply(
-                    ctx,
-                    json!({"type": "error", "message": "Binary messages are not supported"}),
-                ),
+                Reassembled::Binary(_) => self.reply(ctx, seed_error("Binary messages are not supported".into())),
                 Reassembled::TooBig => self.close(ctx, CloseCode::Size, "Message too large"),
             },
             // Answer a client's Close with the same code, then send nothing more.
@@ -708,5 +747,14 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
             drop(out);
             ctx.stop();
         }
+    }
+}
+
+/// Seed 001's error: a message, no code.
+fn seed_error(message: std::borrow::Cow<'static, str>) -> ServerMessage<'static> {
+    ServerMessage::Error {
+        code: None,
+        channel: None,
+        message,
     }
 }
