@@ -19,6 +19,7 @@
 //! - [`ws`]       the WebSocket endpoints, the hand-over of the connection at the upgrade, the
 //!   session actor and its outlet
 //! - [`http`]     REST routes, input parsing at the edge, idempotency, health, the protocol documents
+//! - [`router`]   routes declared once, served by the app and listed for the protocol documents
 //! - [`sweeper`]  booking expiry and pruning in the background
 //! - [`clock`]    time as stored (unix ms) and as shown (RFC 3339)
 //! - [`metrics`]  Prometheus metrics, shared by the hub, the sessions and the request log
@@ -37,6 +38,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod realtime;
+pub mod router;
 pub mod startup;
 pub mod state;
 pub mod sweeper;

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::ids::{BatteryId, StationId};
 use super::stations::{self, operator_of};
-use super::values::{BatteryStatus, Percent, Serial};
+use super::values::{BatteryModel, BatteryStatus, Percent, Serial};
 use super::{transition, Change, Listing, Page};
 use crate::auth::policy;
 use crate::auth::Actor;
@@ -91,6 +91,30 @@ pub fn announce_inventory(ch: &mut Change, station: &Station, action: InventoryA
     let (_, event) = stations::inventory_event(ch.conn, station, action)?;
     ch.emit(Audience::Station(StationId(station.id)), event);
     Ok(())
+}
+
+/// A new battery is assumed full and healthy unless told otherwise.
+const NEW_BATTERY_PERCENT: i64 = 100;
+
+/// A new battery as a client sends it (REST body, `/ws` `add_battery` data).
+#[derive(serde::Deserialize)]
+pub struct AddBattery {
+    serial: String,
+    model: String,
+    soc: Option<i64>,
+    soh: Option<i64>,
+}
+
+impl AddBattery {
+    /// The one parse of a new battery, for REST and WebSocket actions alike.
+    pub fn parse(&self) -> Result<NewBatteryInput> {
+        Ok(NewBatteryInput {
+            serial: Serial::parse(&self.serial)?,
+            model: BatteryModel::parse(&self.model)?,
+            soc: Percent::parse("soc", self.soc.unwrap_or(NEW_BATTERY_PERCENT))?,
+            soh: Percent::parse("soh", self.soh.unwrap_or(NEW_BATTERY_PERCENT))?,
+        })
+    }
 }
 
 pub struct NewBatteryInput {

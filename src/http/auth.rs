@@ -7,7 +7,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{self, Body};
-use super::router::Router;
 use crate::auth::extract::{Caller, COOKIE_NAME};
 use crate::auth::sessions::Rotation;
 use crate::auth::{password, sessions};
@@ -16,6 +15,7 @@ use crate::db;
 use crate::domain::users::{self, Registration, UserView};
 use crate::domain::values::{DisplayName, Email, Password, Role};
 use crate::error::{Error, Result};
+use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {

@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use super::body::{self, Body, NoBody};
 use super::idempotency;
-use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::Actor;
 use crate::domain::bookings::{self, BookingFilter, BookingView};
@@ -15,6 +14,7 @@ use crate::domain::ids::{BookingId, StationId, UserId};
 use crate::domain::values::BookingStatus;
 use crate::domain::Change;
 use crate::error::{Error, Result};
+use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {

@@ -5,7 +5,7 @@
 use actix_web::http::{header, Method};
 use actix_web::HttpResponse;
 
-use super::router::Router;
+use crate::router::Router;
 
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
 const ASYNCAPI: &str = include_str!("../../docs/asyncapi.json");

@@ -4,12 +4,12 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::body;
-use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::policy;
 use crate::domain::{Listing, Page};
 use crate::error::Result;
 use crate::events::{log, EventRecord};
+use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {

@@ -14,7 +14,6 @@ mod idempotency;
 mod notifications;
 mod realtime;
 pub mod request_log;
-mod router;
 pub mod stations;
 mod users;
 
@@ -22,9 +21,9 @@ use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 
 use crate::error::{Error, Result};
-pub use body::{from_value, MAX_BODY_BYTES};
+pub use crate::router::{Recorder, Router, Served};
+pub use body::MAX_BODY_BYTES;
 pub use idempotency::prune as prune_idempotency_keys;
-pub use router::{Recorder, Router, Served};
 
 /// Registers every route on the app, and what the routes share: extractor errors in the
 /// contract's form, and the contract's 404 for any other path.

@@ -6,12 +6,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{self, Body};
-use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::domain::ids::{NotificationId, UserId};
 use crate::domain::notifications::{self, NotificationInput, Recipients};
 use crate::domain::values::{Level, MessageText, Title};
 use crate::error::{Error, Result};
+use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {

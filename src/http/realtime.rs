@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::policy;
 use crate::domain::ids::StationId;
 use crate::error::Result;
 use crate::realtime::messages::RegistryStats;
+use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {

@@ -7,14 +7,14 @@ use serde::Deserialize;
 
 use super::body::{self, double_option, Body};
 use super::idempotency;
-use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::policy;
-use crate::domain::batteries::{self, BatteryPatch, NewBatteryInput, ReturnInput};
+use crate::domain::batteries::{self, AddBattery, BatteryPatch, ReturnInput};
 use crate::domain::ids::{BatteryId, StationId, UserId};
 use crate::domain::stations::{self, NewStationInput, StationPatch};
-use crate::domain::values::{Address, BatteryModel, Percent, Serial, StationName, StationStatus};
+use crate::domain::values::{Address, Percent, Serial, StationName, StationStatus};
 use crate::error::{Error, Result};
+use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {
@@ -119,29 +119,6 @@ async fn list_batteries(
     let id = StationId(id.into_inner());
     let page = body::page(&body::query(&req)?)?;
     Ok(HttpResponse::Ok().json(state.read(move |conn| batteries::list(conn, id, page)).await?))
-}
-
-/// A new battery is assumed full and healthy unless told otherwise.
-const NEW_BATTERY_PERCENT: i64 = 100;
-
-#[derive(Deserialize)]
-pub struct AddBattery {
-    serial: String,
-    model: String,
-    soc: Option<i64>,
-    soh: Option<i64>,
-}
-
-impl AddBattery {
-    /// The one parse of a new battery, for REST and WebSocket actions alike.
-    pub fn parse(&self) -> Result<NewBatteryInput> {
-        Ok(NewBatteryInput {
-            serial: Serial::parse(&self.serial)?,
-            model: BatteryModel::parse(&self.model)?,
-            soc: Percent::parse("soc", self.soc.unwrap_or(NEW_BATTERY_PERCENT))?,
-            soh: Percent::parse("soh", self.soh.unwrap_or(NEW_BATTERY_PERCENT))?,
-        })
-    }
 }
 
 impl PatchStation {

@@ -5,13 +5,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::body::{self, Body};
-use super::router::Router;
 use crate::auth::extract::Caller;
 use crate::auth::sessions;
 use crate::domain::ids::UserId;
 use crate::domain::users::{self, UserPatch};
 use crate::domain::values::{DisplayName, Role};
 use crate::error::Result;
+use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {

@@ -10,13 +10,13 @@ use serde_json::Value;
 use crate::auth::extract::load_actor;
 use crate::auth::{policy, Identity};
 use crate::clock::now_ms;
+use crate::domain::batteries::AddBattery;
 use crate::domain::ids::{BookingId, StationId};
+use crate::domain::input::from_value;
 use crate::domain::stations::StationPatch;
 use crate::domain::values::StationStatus;
 use crate::domain::{batteries, bookings, stations, Page};
 use crate::error::{Error, Result};
-use crate::http::from_value;
-use crate::http::stations::AddBattery;
 use crate::state::AppState;
 
 #[derive(Deserialize)]

@@ -12,6 +12,18 @@ use super::socket::{self, Flushed, Socket};
 use crate::events::wire::Frame;
 use crate::realtime::messages::{Attention, Channel};
 
+/// What the session must do for its outlet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The connection broke, or the close handshake is complete.
+    Stop,
+    /// The client is a slow consumer: close with 1013.
+    CloseOverflowed,
+    /// Frames wait for the kernel: wait until the socket is writable, then [`Outlet::writable`].
+    WaitForKernel,
+    Nothing,
+}
+
 struct ChannelState {
     /// `Some` while catching up: the live events that arrived meanwhile.
     held: Option<Vec<(i64, Frame)>>,
@@ -26,17 +38,17 @@ pub struct Outlet {
     /// Frames queued, or events held, beyond this make the client a slow consumer.
     send_queue: usize,
     /// The kernel takes no more for now: frames queue until the session's waiter flushes them.
-    pub blocked: bool,
+    blocked: bool,
     /// The session has a waiter out for the kernel.
-    pub waiting: bool,
+    waiting: bool,
     /// A Close frame is queued: nothing else is sent.
-    pub closing: bool,
+    closing: bool,
     /// The Close frame is written and FIN sent.
-    pub close_sent: bool,
+    close_sent: bool,
     /// Over the queue bound: the session is to close with 1013.
-    pub overflowed: bool,
+    overflowed: bool,
     /// The connection broke: the session is to stop.
-    pub failed: bool,
+    failed: bool,
     /// The registry has told the session to attend (once until it does).
     poked: bool,
 }
@@ -172,8 +184,40 @@ impl Outlet {
         true
     }
 
-    /// Writes what is queued (the session's waiter, once the kernel takes more).
-    pub fn flush(&mut self) {
+    /// The session's waiter: the kernel takes more now.
+    pub fn writable(&mut self) {
+        self.waiting = false;
+        self.flush();
+    }
+
+    /// A Close is queued (or sent): nothing else goes out.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// The Close is written and FIN sent.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    /// What the session must do now — the session is attending, so the registry may poke it
+    /// again later. Asking for the kernel's attention counts as having a waiter out.
+    pub fn attend(&mut self, peer_gone: bool) -> Need {
+        self.poked = false;
+        if self.failed || (self.close_sent && peer_gone) {
+            Need::Stop
+        } else if self.overflowed && !self.closing {
+            Need::CloseOverflowed
+        } else if self.blocked && !self.waiting {
+            self.waiting = true;
+            Need::WaitForKernel
+        } else {
+            Need::Nothing
+        }
+    }
+
+    /// Writes what is queued.
+    fn flush(&mut self) {
         self.blocked = false;
         let flushed = self.socket.flush();
         self.flushed(flushed);
@@ -210,13 +254,8 @@ impl Outlet {
     }
 
     /// Whether the session has something to do: stop, close, or wait for the kernel.
-    pub fn wants_attention(&self) -> bool {
+    fn wants_attention(&self) -> bool {
         self.failed || (self.overflowed && !self.closing) || (self.blocked && !self.waiting)
-    }
-
-    /// The session is attending now: the registry may poke it again later.
-    pub fn attended(&mut self) {
-        self.poked = false;
     }
 }
 
@@ -245,5 +284,107 @@ impl crate::realtime::messages::Outlet for Outlet {
         } else {
             Attention::None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::domain::ids::StationId;
+
+    const STATION: Channel = Channel::Station(StationId(1));
+
+    /// An outlet over loopback, and the peer's raw stream.
+    async fn outlet(send_queue: usize) -> (Outlet, super::super::socket::Inbound, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let ((ours, _), peer) = tokio::try_join!(listener.accept(), peer).unwrap();
+        let (socket, inbound) = Socket::split(ours, BytesMut::new(), 1024);
+        (Outlet::new(socket, send_queue), inbound, peer)
+    }
+
+    fn event(id: i64) -> (i64, Frame) {
+        (id, Frame::text(&format!("{{\"event_id\":{id}}}")))
+    }
+
+    /// The text of every frame the peer has received so far (up to `n`).
+    async fn read_texts(peer: &mut tokio::net::TcpStream, n: usize) -> Vec<String> {
+        let mut wire = BytesMut::new();
+        let mut texts = Vec::new();
+        while texts.len() < n {
+            let mut chunk = [0u8; 4096];
+            let read = peer.read(&mut chunk).await.unwrap();
+            assert!(read > 0, "closed after {texts:?}");
+            wire.extend_from_slice(&chunk[..read]);
+            while let Some((_, _, payload)) = actix_http::ws::Parser::parse(&mut wire, false, usize::MAX).unwrap() {
+                texts.push(String::from_utf8(payload.unwrap().to_vec()).unwrap());
+            }
+        }
+        texts
+    }
+
+    #[actix::test]
+    async fn live_events_wait_for_the_catch_up_and_none_is_sent_twice() {
+        let (mut out, _inbound, mut peer) = outlet(16).await;
+        assert!(out.join(STATION));
+        assert!(!out.join(STATION), "joined once");
+        assert!(!out.is_live(STATION));
+        // Live events arrive while the snapshot is on its way: held, not sent.
+        let (e5, e6, e7) = (event(5), event(6), event(7));
+        let early = [(5, &e5.1), (6, &e6.1), (7, &e7.1)];
+        out.live(STATION, &mut early.into_iter());
+        out.catch_up(STATION, vec![(None, Frame::text("snapshot"))]);
+        // The snapshot reflects everything up to 6: only 7 is newer.
+        out.go_live(STATION, 6);
+        assert!(out.is_live(STATION));
+        // A late duplicate of 7 and an older event are skipped; 8 goes out.
+        let (e4, e8) = (event(4), event(8));
+        out.live(STATION, &mut [(7, &e7.1), (4, &e4.1), (8, &e8.1)].into_iter());
+        assert_eq!(
+            read_texts(&mut peer, 3).await,
+            ["snapshot", "{\"event_id\":7}", "{\"event_id\":8}"]
+        );
+        assert_eq!(out.attend(false), Need::Nothing);
+    }
+
+    #[actix::test]
+    async fn a_channel_catching_up_too_long_overflows_and_a_close_stops_everything() {
+        let (mut out, _inbound, _peer) = outlet(2).await;
+        out.join(STATION);
+        let events: Vec<(i64, Frame)> = (1..=3).map(event).collect();
+        let attention =
+            crate::realtime::messages::Outlet::live(&mut out, STATION, &mut events.iter().map(|(id, f)| (*id, f)));
+        assert_eq!(attention, Attention::Drop, "more held than the queue allows");
+        assert_eq!(out.attend(false), Need::CloseOverflowed);
+        assert!(out.close(None, true));
+        assert!(!out.close(None, true), "one Close");
+        assert!(out.is_closing());
+        // Nothing more goes out after the Close, and once the peer is gone the session stops.
+        out.send(Frame::text("late").bytes().clone());
+        assert!(out.close_sent());
+        assert_eq!(out.attend(true), Need::Stop);
+    }
+
+    #[actix::test]
+    async fn a_full_kernel_asks_for_one_waiter() {
+        let (mut out, _inbound, _peer) = outlet(1_000_000).await;
+        let big = Frame::text(&"x".repeat(64 * 1024));
+        // The peer reads nothing: sooner or later the kernel refuses.
+        let mut blocked = false;
+        for _ in 0..10_000 {
+            out.send(big.bytes().clone());
+            if out.attend(false) == Need::WaitForKernel {
+                blocked = true;
+                break;
+            }
+        }
+        assert!(blocked, "the kernel never filled");
+        assert_eq!(out.attend(false), Need::Nothing, "one waiter at a time");
+        out.writable();
+        // Still full (nobody reads): a waiter is asked for again.
+        assert_eq!(out.attend(false), Need::WaitForKernel);
     }
 }

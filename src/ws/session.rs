@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::actions;
 use super::channels::{self, Start};
 use super::inbound::{RateLimiter, Reassembled, Reassembly, Verdict};
-use super::outlet::Outlet;
+use super::outlet::{Need, Outlet};
 use super::socket::{self, Socket};
 use crate::auth::extract::authenticate;
 use crate::auth::tokens::Credentials;
@@ -142,36 +142,18 @@ impl WsSession {
     /// Does what the outlet needs of the session: stop on a broken connection, close a slow
     /// consumer, wait for the kernel, stop once a close handshake is done.
     fn attend(&mut self, ctx: &mut Ctx) {
-        let (failed, overflowed, wait, done) = {
-            let mut out = self.out();
-            out.attended();
-            let wait = out.blocked && !out.waiting;
-            if wait {
-                out.waiting = true;
+        let need = self.out().attend(self.peer_gone);
+        match need {
+            Need::Stop => ctx.stop(),
+            Need::CloseOverflowed => self.overflowed(ctx),
+            Need::WaitForKernel => {
+                let writable = self.out().socket().writable();
+                ctx.spawn(writable.into_actor(self).map(|(), this, ctx| {
+                    this.out().writable();
+                    this.attend(ctx);
+                }));
             }
-            (
-                out.failed,
-                out.overflowed && !out.closing,
-                wait,
-                out.close_sent && self.peer_gone,
-            )
-        };
-        if failed || done {
-            return ctx.stop();
-        }
-        if overflowed {
-            return self.overflowed(ctx);
-        }
-        if wait {
-            let writable = self.out().socket().writable();
-            ctx.spawn(writable.into_actor(self).map(|(), this, ctx| {
-                {
-                    let mut out = this.out();
-                    out.waiting = false;
-                    out.flush();
-                }
-                this.attend(ctx);
-            }));
+            Need::Nothing => {}
         }
     }
 
@@ -625,7 +607,7 @@ impl Handler<ToSession> for WsSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Ctx) {
         // A closing session sends nothing more.
-        if self.out().closing {
+        if self.out().is_closing() {
             return;
         }
         match msg {
@@ -704,7 +686,7 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
     fn handle(&mut self, frame: Result<WsFrame, ProtocolError>, ctx: &mut Ctx) {
         self.last_heard = Instant::now();
         // After its Close the session only waits for the client to hang up.
-        if self.out().closing {
+        if self.out().is_closing() {
             return;
         }
         let frame = match frame {
@@ -743,7 +725,7 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
     fn finished(&mut self, ctx: &mut Ctx) {
         self.peer_gone = true;
         let out = self.out();
-        if !out.closing || out.close_sent {
+        if !out.is_closing() || out.close_sent() {
             drop(out);
             ctx.stop();
         }
