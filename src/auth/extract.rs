@@ -12,7 +12,7 @@ use futures_util::future::LocalBoxFuture;
 
 use super::sessions;
 use super::tokens::Credentials;
-use super::Actor;
+use super::Caller;
 use crate::domain::users;
 use crate::domain::values::Role;
 use crate::error::{Error, Result};
@@ -52,14 +52,14 @@ pub fn find_token(req: &HttpRequest) -> Result<Option<(String, TokenSource)>> {
 
 /// Verifies a token and loads its user: the role and activity that count are the database's, and
 /// the token's sign-in session must not have ended.
-pub async fn authenticate(state: &AppState, token: &str) -> Result<(Actor, Credentials)> {
+pub async fn authenticate(state: &AppState, token: &str) -> Result<(Caller, Credentials)> {
     let credentials = state.keys.verify(token)?.credentials()?;
-    Ok((load_actor(state, credentials).await?, credentials))
+    Ok((load_caller(state, credentials).await?, credentials))
 }
 
 /// A user as they are now, for credentials already verified: a user who no longer exists or
 /// whose sign-in session ended is an invalid token, a deactivated one is refused.
-pub async fn load_actor(state: &AppState, credentials: Credentials) -> Result<Actor> {
+pub async fn load_caller(state: &AppState, credentials: Credentials) -> Result<Caller> {
     let (id, session) = (credentials.user, credentials.session);
     let ticket = match state.hub.actors.get(id, session) {
         Ok(actor) => return Ok(actor),
@@ -75,7 +75,7 @@ pub async fn load_actor(state: &AppState, credentials: Credentials) -> Result<Ac
     if !live {
         return Err(Error::InvalidToken);
     }
-    let actor = Actor {
+    let actor = Caller {
         id,
         role: Role::from_db(&user.role)?,
         email: user.email,
@@ -85,28 +85,30 @@ pub async fn load_actor(state: &AppState, credentials: Credentials) -> Result<Ac
 }
 
 /// The caller of a request: `None` when no token was sent.
-pub struct Caller(pub Option<Actor>);
+pub struct RequestCaller(pub Option<Caller>);
 
-impl Caller {
+impl RequestCaller {
     /// The caller, or 401 for an anonymous request.
-    pub fn actor(&self) -> Result<&Actor> {
+    pub fn actor(&self) -> Result<&Caller> {
         self.0.as_ref().ok_or(Error::Unauthenticated)
     }
 }
 
-impl FromRequest for Caller {
+impl FromRequest for RequestCaller {
     type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Caller>>;
+    type Future = LocalBoxFuture<'static, Result<RequestCaller>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = find_token(req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
         Box::pin(async move {
             let Some((token, _)) = token? else {
-                return Ok(Caller(None));
+                return Ok(RequestCaller(None));
             };
             let state = state.ok_or_else(|| Error::Internal(anyhow::anyhow!("AppState missing")))?;
-            authenticate(&state, &token).await.map(|(actor, _)| Caller(Some(actor)))
+            authenticate(&state, &token)
+                .await
+                .map(|(actor, _)| RequestCaller(Some(actor)))
         })
     }
 }

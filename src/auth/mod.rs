@@ -2,7 +2,7 @@
 //! extractor, and the one authorization policy (CONTRACT §2) used by REST, WebSocket actions and
 //! subscriptions alike.
 
-pub mod actors;
+pub mod callers;
 pub mod extract;
 pub mod password;
 pub mod policy;
@@ -13,10 +13,10 @@ use crate::domain::ids::UserId;
 use crate::domain::values::Role;
 
 /// An authenticated caller, as of this request: role and activity are read from the database (or
-/// [`actors`], which forgets a user the moment a change to them is announced), not trusted from
+/// [`callers`], which forgets a user the moment a change to them is announced), not trusted from
 /// the token, so a demotion takes effect on the very next request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
+pub struct Caller {
     pub id: UserId,
     pub role: Role,
     pub email: String,
@@ -26,6 +26,6 @@ pub struct Actor {
 /// signed in with — which sign-in session it belongs to, and when it stops counting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    pub actor: Actor,
+    pub actor: Caller,
     pub credentials: tokens::Credentials,
 }

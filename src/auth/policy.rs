@@ -1,13 +1,13 @@
 //! Who may do what (CONTRACT §2) — the only place these rules live. REST handlers, WebSocket
 //! actions and subscriptions all ask here.
 
-use super::Actor;
+use super::Caller;
 use crate::domain::ids::UserId;
 use crate::domain::values::Role;
 use crate::error::{Error, Result};
 
 /// Reading stations and inventory: everyone, unless public feeds are turned off.
-pub fn may_read_stations(caller: Option<&Actor>, public_feeds: bool) -> Result<()> {
+pub fn may_read_stations(caller: Option<&Caller>, public_feeds: bool) -> Result<()> {
     if public_feeds || caller.is_some() {
         Ok(())
     } else {
@@ -17,7 +17,7 @@ pub fn may_read_stations(caller: Option<&Actor>, public_feeds: bool) -> Result<(
 
 /// Creating stations, assigning operators, retiring batteries, sending notifications, managing
 /// users, reading the event log.
-pub fn require_admin(actor: &Actor) -> Result<()> {
+pub fn require_admin(actor: &Caller) -> Result<()> {
     if actor.role == Role::Admin {
         Ok(())
     } else {
@@ -26,13 +26,13 @@ pub fn require_admin(actor: &Actor) -> Result<()> {
 }
 
 /// Admins, and the operator assigned to the station.
-pub fn is_station_staff(actor: &Actor, station_operator: Option<UserId>) -> bool {
+pub fn is_station_staff(actor: &Caller, station_operator: Option<UserId>) -> bool {
     actor.role == Role::Admin || (actor.role == Role::Operator && station_operator == Some(actor.id))
 }
 
 /// Adding batteries, setting station status, marking bookings ready or collected, recording returns,
 /// battery telemetry.
-pub fn require_station_staff(actor: &Actor, station_operator: Option<UserId>) -> Result<()> {
+pub fn require_station_staff(actor: &Caller, station_operator: Option<UserId>) -> Result<()> {
     if is_station_staff(actor, station_operator) {
         Ok(())
     } else {
@@ -41,23 +41,23 @@ pub fn require_station_staff(actor: &Actor, station_operator: Option<UserId>) ->
 }
 
 /// Whether a caller sees personal data (`battery_booked.user`) of a station's events: its staff.
-pub fn sees_personal_data(actor: Option<&Actor>, station_operator: Option<UserId>) -> bool {
+pub fn sees_personal_data(actor: Option<&Caller>, station_operator: Option<UserId>) -> bool {
     actor.is_some_and(|a| is_station_staff(a, station_operator))
 }
 
 /// Whether a caller could see personal data at any station (admins; operators, at their own).
 /// For anyone else a subscription needs no look at which stations they operate.
-pub fn may_see_personal_data_somewhere(actor: Option<&Actor>) -> bool {
+pub fn may_see_personal_data_somewhere(actor: Option<&Caller>) -> bool {
     actor.is_some_and(|a| matches!(a.role, Role::Admin | Role::Operator))
 }
 
 /// Whether a caller sees personal data of every station, present and future: admins.
-pub fn sees_all_personal_data(actor: Option<&Actor>) -> bool {
+pub fn sees_all_personal_data(actor: Option<&Caller>) -> bool {
     actor.is_some_and(|a| a.role == Role::Admin)
 }
 
 /// Cancelling a booking: its owner, or an admin.
-pub fn require_owner_or_admin(actor: &Actor, owner: UserId) -> Result<()> {
+pub fn require_owner_or_admin(actor: &Caller, owner: UserId) -> Result<()> {
     if actor.role == Role::Admin || actor.id == owner {
         Ok(())
     } else {
@@ -69,8 +69,8 @@ pub fn require_owner_or_admin(actor: &Actor, owner: UserId) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn actor(id: i64, role: Role) -> Actor {
-        Actor {
+    fn actor(id: i64, role: Role) -> Caller {
+        Caller {
             id: UserId(id),
             role,
             email: format!("{id}@x.test"),

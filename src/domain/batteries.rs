@@ -8,7 +8,7 @@ use super::stations::{self, operator_of};
 use super::values::{BatteryModel, BatteryStatus, Percent, Serial};
 use super::{transition, Change, Listing, Page};
 use crate::auth::policy;
-use crate::auth::Actor;
+use crate::auth::Caller;
 use crate::clock::serialize_iso;
 use crate::db::models::{Battery, BatteryChange, NewBattery, Station};
 use crate::db::schema::batteries;
@@ -124,7 +124,7 @@ pub struct NewBatteryInput {
     pub soh: Percent,
 }
 
-pub fn add(ch: &mut Change, actor: &Actor, station_id: StationId, input: &NewBatteryInput) -> Result<BatteryView> {
+pub fn add(ch: &mut Change, actor: &Caller, station_id: StationId, input: &NewBatteryInput) -> Result<BatteryView> {
     let station = stations::load(ch.conn, station_id)?;
     policy::require_station_staff(actor, operator_of(&station))?;
     let row: Battery = diesel::insert_into(batteries::table)
@@ -193,7 +193,7 @@ fn patched_status(current: BatteryStatus, patch: &BatteryPatch, charged_soc: i32
 /// `charged_soc` becomes available.
 pub fn update(
     ch: &mut Change,
-    actor: &Actor,
+    actor: &Caller,
     id: BatteryId,
     patch: &BatteryPatch,
     charged_soc: i32,
@@ -245,7 +245,7 @@ fn returnable(current: BatteryStatus) -> Result<()> {
 /// A driver brings a collected battery back to this station; it starts charging here.
 pub fn record_return(
     ch: &mut Change,
-    actor: &Actor,
+    actor: &Caller,
     station_id: StationId,
     input: &ReturnInput,
 ) -> Result<BatteryView> {

@@ -12,7 +12,7 @@ use super::stations::{self, operator_of};
 use super::values::{BatteryStatus, BookingStatus, StationStatus};
 use super::{transition, Change, Listing, Page};
 use crate::auth::policy;
-use crate::auth::Actor;
+use crate::auth::Caller;
 use crate::clock::{serialize_iso, serialize_iso_opt};
 use crate::db::models::{Battery, BatteryChange, Booking, NewBooking};
 use crate::db::schema::{batteries, bookings};
@@ -113,7 +113,7 @@ pub struct BookingRules {
     pub max_active: u32,
 }
 
-pub fn book(ch: &mut Change, actor: &Actor, station_id: StationId, rules: BookingRules) -> Result<BookingView> {
+pub fn book(ch: &mut Change, actor: &Caller, station_id: StationId, rules: BookingRules) -> Result<BookingView> {
     let station = stations::load(ch.conn, station_id)?;
     if station.status != StationStatus::Online.as_str() {
         return Err(Error::conflict(
@@ -171,7 +171,7 @@ pub struct BookingFilter {
 }
 
 /// Newest first. Users see their own bookings; admins see all and may filter by user.
-pub fn list(conn: &mut DbConn, actor: &Actor, filter: &BookingFilter, page: Page) -> Result<Listing<BookingView>> {
+pub fn list(conn: &mut DbConn, actor: &Caller, filter: &BookingFilter, page: Page) -> Result<Listing<BookingView>> {
     let mut query = bookings::table
         .select(Booking::as_select())
         .order(bookings::id.desc())
@@ -195,7 +195,7 @@ pub fn list(conn: &mut DbConn, actor: &Actor, filter: &BookingFilter, page: Page
 }
 
 /// Loads a live booking whose station the actor staffs.
-fn load_for_staff(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<(Booking, crate::db::models::Station)> {
+fn load_for_staff(ch: &mut Change, actor: &Caller, id: BookingId) -> Result<(Booking, crate::db::models::Station)> {
     let booking = load(ch.conn, id)?;
     let station = stations::load(ch.conn, StationId(booking.station_id))?;
     policy::require_station_staff(actor, operator_of(&station))?;
@@ -213,7 +213,7 @@ fn require_state(booking: &Booking, from: &[BookingStatus]) -> Result<()> {
 
 const LIVE: &[BookingStatus] = &[BookingStatus::Confirmed, BookingStatus::Ready];
 
-pub fn mark_ready(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
+pub fn mark_ready(ch: &mut Change, actor: &Caller, id: BookingId) -> Result<BookingView> {
     let (booking, station) = load_for_staff(ch, actor, id)?;
     require_state(&booking, &[BookingStatus::Confirmed])?;
     let row = transition::booking(ch, &booking, BookingStatus::Ready)?;
@@ -228,7 +228,7 @@ pub fn mark_ready(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<Booki
     BookingView::from_row(row)
 }
 
-pub fn collect(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
+pub fn collect(ch: &mut Change, actor: &Caller, id: BookingId) -> Result<BookingView> {
     let (booking, station) = load_for_staff(ch, actor, id)?;
     require_state(&booking, LIVE)?;
     let row = finish(ch, &booking, BookingStatus::Collected, BatteryStatus::Collected)?;
@@ -246,7 +246,7 @@ pub fn collect(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingV
     BookingView::from_row(row)
 }
 
-pub fn cancel(ch: &mut Change, actor: &Actor, id: BookingId) -> Result<BookingView> {
+pub fn cancel(ch: &mut Change, actor: &Caller, id: BookingId) -> Result<BookingView> {
     let booking = load(ch.conn, id)?;
     policy::require_owner_or_admin(actor, UserId(booking.user_id))?;
     require_state(&booking, LIVE)?;

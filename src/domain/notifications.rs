@@ -7,7 +7,7 @@ use super::ids::{NotificationId, UserId};
 use super::values::Level;
 use super::{users, Change, Listing, Page};
 use crate::auth::policy;
-use crate::auth::Actor;
+use crate::auth::Caller;
 use crate::clock::{serialize_iso, serialize_iso_opt};
 use crate::db::models::{NewNotification, Notification};
 use crate::db::schema::{notifications, users as users_table};
@@ -41,7 +41,7 @@ impl NotificationView {
 }
 
 /// The caller's own notifications, newest first.
-pub fn list(conn: &mut DbConn, actor: &Actor, page: Page) -> Result<Listing<NotificationView>> {
+pub fn list(conn: &mut DbConn, actor: &Caller, page: Page) -> Result<Listing<NotificationView>> {
     let mut query = notifications::table
         .filter(notifications::user_id.eq(actor.id.0))
         .select(Notification::as_select())
@@ -55,7 +55,7 @@ pub fn list(conn: &mut DbConn, actor: &Actor, page: Page) -> Result<Listing<Noti
 }
 
 /// Another user's notification is reported as missing (404), not forbidden: its existence is private.
-pub fn mark_read(ch: &mut Change, actor: &Actor, id: NotificationId) -> Result<NotificationView> {
+pub fn mark_read(ch: &mut Change, actor: &Caller, id: NotificationId) -> Result<NotificationView> {
     let own = notifications::table
         .filter(notifications::id.eq(id.0))
         .filter(notifications::user_id.eq(actor.id.0));
@@ -89,7 +89,7 @@ pub struct NotificationInput {
 /// An admin notifies one user or everyone; returns what was stored, one per recipient.
 pub fn send(
     ch: &mut Change,
-    actor: &Actor,
+    actor: &Caller,
     to: &Recipients,
     input: &NotificationInput,
 ) -> Result<Vec<NotificationView>> {

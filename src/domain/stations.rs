@@ -8,7 +8,7 @@ use super::ids::{StationId, UserId};
 use super::values::{BatteryStatus, Role, StationStatus};
 use super::{transition, users, Change, Listing, Page};
 use crate::auth::policy;
-use crate::auth::Actor;
+use crate::auth::Caller;
 use crate::clock::serialize_iso;
 use crate::db::models::{NewStation, Station, StationChange};
 use crate::db::schema::{batteries, stations};
@@ -88,7 +88,7 @@ pub fn load(conn: &mut DbConn, id: StationId) -> Result<Station> {
 
 /// (station, its operator) for every station the given caller operates; admins and anonymous
 /// callers get none (admins see everything anyway).
-pub fn operated_by(conn: &mut DbConn, actor: Option<&Actor>) -> Result<Vec<(StationId, Option<UserId>)>> {
+pub fn operated_by(conn: &mut DbConn, actor: Option<&Caller>) -> Result<Vec<(StationId, Option<UserId>)>> {
     let Some(actor) = actor.filter(|a| a.role == Role::Operator) else {
         return Ok(Vec::new());
     };
@@ -206,7 +206,7 @@ pub struct NewStationInput {
     pub operator_id: Option<UserId>,
 }
 
-pub fn create(ch: &mut Change, actor: &Actor, input: &NewStationInput) -> Result<StationView> {
+pub fn create(ch: &mut Change, actor: &Caller, input: &NewStationInput) -> Result<StationView> {
     policy::require_admin(actor)?;
     check_operator(ch.conn, input.operator_id)?;
     let row: Station = diesel::insert_into(stations::table)
@@ -235,7 +235,7 @@ pub struct StationPatch {
 
 /// Admins change anything; a station's operator changes its name, address and status but cannot
 /// reassign it. A status change announces itself with `station_status`.
-pub fn update(ch: &mut Change, actor: &Actor, id: StationId, patch: &StationPatch) -> Result<StationView> {
+pub fn update(ch: &mut Change, actor: &Caller, id: StationId, patch: &StationPatch) -> Result<StationView> {
     let current = load(ch.conn, id)?;
     policy::require_station_staff(actor, operator_of(&current))?;
     if let Some(operator) = patch.operator_id {

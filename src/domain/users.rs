@@ -7,7 +7,7 @@ use super::ids::UserId;
 use super::values::{Email, Role};
 use super::{Change, Listing, Page};
 use crate::auth::policy;
-use crate::auth::Actor;
+use crate::auth::Caller;
 use crate::clock::serialize_iso;
 use crate::db::models::{NewUser, User};
 use crate::db::schema::users;
@@ -82,7 +82,7 @@ pub fn get(conn: &mut DbConn, id: UserId) -> Result<User> {
     find(conn, id)?.ok_or(Error::NotFound("User"))
 }
 
-pub fn list(conn: &mut DbConn, actor: &Actor, page: Page) -> Result<Listing<UserView>> {
+pub fn list(conn: &mut DbConn, actor: &Caller, page: Page) -> Result<Listing<UserView>> {
     policy::require_admin(actor)?;
     let mut query = users::table
         .select(User::as_select())
@@ -104,7 +104,7 @@ pub struct UserPatch {
 
 /// An admin changes a user. (Deactivation also ends the user's sign-in sessions: the handler
 /// does that in the same change, as `auth::sessions` sits above the domain.)
-pub fn update(ch: &mut Change, actor: &Actor, id: UserId, patch: &UserPatch) -> Result<UserView> {
+pub fn update(ch: &mut Change, actor: &Caller, id: UserId, patch: &UserPatch) -> Result<UserView> {
     policy::require_admin(actor)?;
     let current = get(ch.conn, id)?;
     if actor.id == id && (patch.role.is_some_and(|r| r != Role::Admin) || patch.active == Some(false)) {

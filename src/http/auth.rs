@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{self, Body};
-use crate::auth::extract::{Caller, COOKIE_NAME};
+use crate::auth::extract::{authenticate, find_token, RequestCaller, COOKIE_NAME};
 use crate::auth::sessions::Rotation;
 use crate::auth::{password, sessions};
 use crate::clock::now_ms;
@@ -126,15 +126,18 @@ struct LogoutRequest {
 
 /// Ends the sign-in session of the refresh token; `?all=true` ends every session of the signed-in
 /// caller. Either way its access tokens are refused from then on and its live connections close.
-async fn logout(
-    state: web::Data<AppState>,
-    caller: Caller,
-    req: HttpRequest,
-    body: Body<LogoutRequest>,
-) -> Result<HttpResponse> {
+///
+/// Only `?all=true` looks at the caller's access token: a logout by refresh token works with an
+/// expired (or no, or a bad) access token, which is when clients often log out.
+async fn logout(state: web::Data<AppState>, req: HttpRequest, body: Body<LogoutRequest>) -> Result<HttpResponse> {
     let all = body::query(&req)?.get("all").is_some_and(|v| v == "true" || v == "1");
     let presented = body.value.refresh_token;
-    let everywhere = if all { Some(caller.actor()?.id) } else { None };
+    let everywhere = if all {
+        let (token, _) = find_token(&req)?.ok_or(Error::Unauthenticated)?;
+        Some(authenticate(&state, &token).await?.0.id)
+    } else {
+        None
+    };
     if everywhere.is_none() && presented.is_none() {
         return Err(Error::field(
             "refresh_token",
@@ -166,7 +169,7 @@ async fn logout(
     Ok(HttpResponse::NoContent().cookie(gone).finish())
 }
 
-async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+async fn me(state: web::Data<AppState>, caller: RequestCaller) -> Result<HttpResponse> {
     let id = caller.actor()?.id;
     let user = state
         .read(move |conn| UserView::from_row(users::get(conn, id)?))

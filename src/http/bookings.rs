@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::body::{self, Body, NoBody};
 use super::idempotency;
-use crate::auth::extract::Caller;
-use crate::auth::Actor;
+use crate::auth::extract::RequestCaller;
+use crate::auth::Caller;
 use crate::domain::bookings::{self, BookingFilter, BookingView};
 use crate::domain::ids::{BookingId, StationId, UserId};
 use crate::domain::values::BookingStatus;
@@ -32,7 +32,7 @@ struct BookRequest {
 
 async fn book(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     req: HttpRequest,
     body: Body<BookRequest>,
 ) -> Result<HttpResponse> {
@@ -46,7 +46,7 @@ async fn book(
     .await
 }
 
-async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
+async fn list(state: web::Data<AppState>, caller: RequestCaller, req: HttpRequest) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let query = body::query(&req)?;
     let page = body::page(&query)?;
@@ -74,9 +74,9 @@ async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> R
 /// The three lifecycle steps share their shape: an actor, a booking id, a change.
 async fn step(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     id: web::Path<i64>,
-    op: fn(&mut Change, &Actor, BookingId) -> Result<BookingView>,
+    op: fn(&mut Change, &Caller, BookingId) -> Result<BookingView>,
 ) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let id = BookingId(id.into_inner());
@@ -84,14 +84,29 @@ async fn step(
     Ok(HttpResponse::Ok().json(booking))
 }
 
-async fn ready(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>, _: NoBody) -> Result<HttpResponse> {
+async fn ready(
+    state: web::Data<AppState>,
+    caller: RequestCaller,
+    id: web::Path<i64>,
+    _: NoBody,
+) -> Result<HttpResponse> {
     step(state, caller, id, bookings::mark_ready).await
 }
 
-async fn collect(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>, _: NoBody) -> Result<HttpResponse> {
+async fn collect(
+    state: web::Data<AppState>,
+    caller: RequestCaller,
+    id: web::Path<i64>,
+    _: NoBody,
+) -> Result<HttpResponse> {
     step(state, caller, id, bookings::collect).await
 }
 
-async fn cancel(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>, _: NoBody) -> Result<HttpResponse> {
+async fn cancel(
+    state: web::Data<AppState>,
+    caller: RequestCaller,
+    id: web::Path<i64>,
+    _: NoBody,
+) -> Result<HttpResponse> {
     step(state, caller, id, bookings::cancel).await
 }

@@ -4,7 +4,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::body;
-use crate::auth::extract::Caller;
+use crate::auth::extract::RequestCaller;
 use crate::auth::policy;
 use crate::domain::{Listing, Page};
 use crate::error::Result;
@@ -17,7 +17,7 @@ pub fn routes(r: &mut impl Router) {
 }
 
 /// `?after=N` (or the `cursor` of the previous page) and `?limit=M`, oldest first.
-async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
+async fn list(state: web::Data<AppState>, caller: RequestCaller, req: HttpRequest) -> Result<HttpResponse> {
     policy::require_admin(caller.actor()?)?;
     let query = body::query(&req)?;
     let page = body::page(&query)?;

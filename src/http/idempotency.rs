@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::auth::Actor;
+use crate::auth::Caller;
 use crate::db::models::IdempotencyKey;
 use crate::db::schema::idempotency_keys;
 use crate::db::{on_unique_violation, DbConn};
@@ -37,7 +37,7 @@ pub async fn run<T, F>(
     state: &AppState,
     req: &HttpRequest,
     raw_body: &[u8],
-    actor: &Actor,
+    actor: &Caller,
     status: StatusCode,
     f: F,
 ) -> Result<HttpResponse>

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{self, Body};
-use crate::auth::extract::Caller;
+use crate::auth::extract::RequestCaller;
 use crate::domain::ids::{NotificationId, UserId};
 use crate::domain::notifications::{self, NotificationInput, Recipients};
 use crate::domain::values::{Level, MessageText, Title};
@@ -20,13 +20,13 @@ pub fn routes(r: &mut impl Router) {
         .route(Method::POST, "/notifications/{id}/read", mark_read);
 }
 
-async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
+async fn list(state: web::Data<AppState>, caller: RequestCaller, req: HttpRequest) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let page = body::page(&body::query(&req)?)?;
     Ok(HttpResponse::Ok().json(state.read(move |conn| notifications::list(conn, &actor, page)).await?))
 }
 
-async fn mark_read(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+async fn mark_read(state: web::Data<AppState>, caller: RequestCaller, id: web::Path<i64>) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let id = NotificationId(id.into_inner());
     Ok(HttpResponse::Ok().json(state.change(move |ch| notifications::mark_read(ch, &actor, id)).await?))
@@ -43,7 +43,7 @@ struct SendRequest {
 }
 
 /// One user → 201 with the stored notification; everyone → 201 with how many were sent.
-async fn send(state: web::Data<AppState>, caller: Caller, body: Body<SendRequest>) -> Result<HttpResponse> {
+async fn send(state: web::Data<AppState>, caller: RequestCaller, body: Body<SendRequest>) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let input = body.value;
     let to = match (input.user_id, input.all) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::auth::extract::Caller;
+use crate::auth::extract::RequestCaller;
 use crate::auth::policy;
 use crate::domain::ids::StationId;
 use crate::error::Result;
@@ -19,7 +19,7 @@ pub fn routes(r: &mut impl Router) {
     r.route(Method::GET, "/realtime/stats", stats);
 }
 
-async fn stats(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse> {
+async fn stats(state: web::Data<AppState>, caller: RequestCaller) -> Result<HttpResponse> {
     policy::require_admin(caller.actor()?)?;
     let local = state.hub.registry.stats().await;
     let mut nodes = vec![(state.hub.node.to_string(), local)];

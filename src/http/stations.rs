@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::body::{self, double_option, Body};
 use super::idempotency;
-use crate::auth::extract::Caller;
+use crate::auth::extract::RequestCaller;
 use crate::auth::policy;
 use crate::domain::batteries::{self, AddBattery, BatteryPatch, ReturnInput};
 use crate::domain::ids::{BatteryId, StationId, UserId};
@@ -28,18 +28,18 @@ pub fn routes(r: &mut impl Router) {
         .route(Method::PATCH, "/batteries/{id}", update_battery);
 }
 
-fn may_read(state: &AppState, caller: &Caller) -> Result<()> {
+fn may_read(state: &AppState, caller: &RequestCaller) -> Result<()> {
     policy::may_read_stations(caller.0.as_ref(), state.settings.public_feeds)
 }
 
-async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
+async fn list(state: web::Data<AppState>, caller: RequestCaller, req: HttpRequest) -> Result<HttpResponse> {
     may_read(&state, &caller)?;
     let page = body::page(&body::query(&req)?)?;
     let listing = state.read(move |conn| stations::list(conn, page)).await?;
     Ok(HttpResponse::Ok().json(listing))
 }
 
-async fn get(state: web::Data<AppState>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+async fn get(state: web::Data<AppState>, caller: RequestCaller, id: web::Path<i64>) -> Result<HttpResponse> {
     may_read(&state, &caller)?;
     let id = StationId(id.into_inner());
     Ok(HttpResponse::Ok().json(state.read(move |conn| stations::get(conn, id)).await?))
@@ -53,7 +53,7 @@ struct CreateStation {
     operator_id: Option<i64>,
 }
 
-async fn create(state: web::Data<AppState>, caller: Caller, body: Body<CreateStation>) -> Result<HttpResponse> {
+async fn create(state: web::Data<AppState>, caller: RequestCaller, body: Body<CreateStation>) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let input = body.value;
     let input = NewStationInput {
@@ -81,7 +81,7 @@ pub struct PatchStation {
 
 async fn update(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     id: web::Path<i64>,
     body: Body<PatchStation>,
 ) -> Result<HttpResponse> {
@@ -111,7 +111,7 @@ async fn update(
 
 async fn list_batteries(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     id: web::Path<i64>,
     req: HttpRequest,
 ) -> Result<HttpResponse> {
@@ -141,7 +141,7 @@ impl PatchStation {
 
 async fn add_battery(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     req: HttpRequest,
     id: web::Path<i64>,
     body: Body<AddBattery>,
@@ -164,7 +164,7 @@ struct ReturnBattery {
 
 async fn record_return(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     req: HttpRequest,
     id: web::Path<i64>,
     body: Body<ReturnBattery>,
@@ -191,7 +191,7 @@ struct PatchBattery {
 
 async fn update_battery(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     id: web::Path<i64>,
     body: Body<PatchBattery>,
 ) -> Result<HttpResponse> {

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::body::{self, Body};
-use crate::auth::extract::Caller;
+use crate::auth::extract::RequestCaller;
 use crate::auth::sessions;
 use crate::domain::ids::UserId;
 use crate::domain::users::{self, UserPatch};
@@ -19,7 +19,7 @@ pub fn routes(r: &mut impl Router) {
         .route(Method::PATCH, "/users/{id}", update);
 }
 
-async fn list(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
+async fn list(state: web::Data<AppState>, caller: RequestCaller, req: HttpRequest) -> Result<HttpResponse> {
     let actor = caller.actor()?.clone();
     let page = body::page(&body::query(&req)?)?;
     Ok(HttpResponse::Ok().json(state.read(move |conn| users::list(conn, &actor, page)).await?))
@@ -34,7 +34,7 @@ struct PatchUser {
 
 async fn update(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: RequestCaller,
     id: web::Path<i64>,
     body: Body<PatchUser>,
 ) -> Result<HttpResponse> {

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use super::messages::{BackplaneState, Committed, RecheckAll, RegistryStats, UserChanged};
 use super::publisher::Publisher;
 use super::registry::Registries;
-use crate::auth::actors::ActorCache;
+use crate::auth::callers::CallerCache;
 use crate::domain::ids::UserId;
 use crate::events::{Audience, Event};
 use crate::metrics::Metrics;
@@ -36,6 +36,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 /// How long a starting node waits for NATS before it serves without it.
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// While NATS is away, other nodes' changes to users and sign-in sessions cannot be heard: every
+/// signed-in connection re-checks itself against the database this often instead (the contract's
+/// one second for revocation holds through an outage, at the cost of a read per user per tick).
+const OUTAGE_RECHECK: Duration = Duration::from_secs(1);
 
 /// A running backplane connection; cheap to clone.
 #[derive(Clone)]
@@ -95,7 +99,7 @@ pub struct Local {
     pub publisher: Addr<Publisher>,
     pub registry: Registries,
     pub metrics: Arc<Metrics>,
-    pub actors: Arc<ActorCache>,
+    pub actors: Arc<CallerCache>,
 }
 
 impl Backplane {
@@ -161,6 +165,7 @@ impl Backplane {
         actix_web::rt::spawn(receive_events(events, local.clone()));
         actix_web::rt::spawn(receive_users(users, local.clone()));
         actix_web::rt::spawn(receive_nodes(nodes, local.clone(), backplane.peers.clone()));
+        actix_web::rt::spawn(recheck_while_down(client.clone(), local.clone()));
         actix_web::rt::spawn(heartbeat(client, subjects, local));
         Ok(backplane)
     }
@@ -272,6 +277,17 @@ async fn receive_nodes(mut nodes: Subscriber, local: Arc<Local>, peers: Arc<Mute
                 stats: envelope.body,
             };
             peers.insert(envelope.node, peer);
+        }
+    }
+}
+
+/// See [`OUTAGE_RECHECK`].
+async fn recheck_while_down(client: Client, local: Arc<Local>) {
+    let mut tick = actix_web::rt::time::interval(OUTAGE_RECHECK);
+    loop {
+        tick.tick().await;
+        if client.connection_state() != State::Connected {
+            local.registry.broadcast(RecheckAll);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The notifier directory: starts a user's [`Notifier`] with their first connection, stops it
 //! after the last one leaves, and routes each personal event to it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -14,7 +14,9 @@ use crate::metrics::Metrics;
 
 struct Entry {
     notifier: Addr<Notifier>,
-    sessions: usize,
+    /// The user's sessions that joined, by id: leaving twice, or without having joined, changes
+    /// nothing, so a session may always take its one way out.
+    sessions: HashSet<SessionId>,
 }
 
 pub struct NotifierDirectory {
@@ -46,11 +48,12 @@ impl Handler<Join> for NotifierDirectory {
         let metrics = self.metrics.clone();
         let entry = self.users.entry(msg.user).or_insert_with(|| Entry {
             notifier: Notifier::new(metrics).start(),
-            sessions: 0,
+            sessions: HashSet::new(),
         });
-        entry.sessions += 1;
-        self.metrics.notification_joined(1);
-        entry.notifier.do_send(msg);
+        if entry.sessions.insert(msg.session) {
+            self.metrics.notification_joined(1);
+            entry.notifier.do_send(msg);
+        }
     }
 }
 
@@ -61,10 +64,12 @@ impl Handler<Leave> for NotifierDirectory {
         let Some(entry) = self.users.get_mut(&msg.user) else {
             return;
         };
+        if !entry.sessions.remove(&msg.session) {
+            return;
+        }
         let notifier = entry.notifier.clone();
-        entry.sessions = entry.sessions.saturating_sub(1);
         self.metrics.notification_joined(-1);
-        if entry.sessions == 0 {
+        if entry.sessions.is_empty() {
             self.users.remove(&msg.user);
             notifier.do_send(msg);
             // Queued behind the Leave: the notifier stops once it has let go of the last session.
@@ -92,7 +97,7 @@ impl Handler<CountQuery> for NotifierDirectory {
 
     fn handle(&mut self, _: CountQuery, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Counts {
-            connections: self.users.values().map(|e| e.sessions).sum(),
+            connections: self.users.values().map(|e| e.sessions.len()).sum(),
             subscriptions: self.users.len(),
         })
     }
@@ -135,6 +140,10 @@ mod tests {
         );
         directory.send(Leave { user, session: 1 }).await.unwrap();
         assert_eq!(directory.send(CountQuery).await.unwrap().subscriptions, 1);
+        // Leaving twice, or a session that never joined, takes nobody else's place.
+        directory.send(Leave { user, session: 1 }).await.unwrap();
+        directory.send(Leave { user, session: 9 }).await.unwrap();
+        assert_eq!(directory.send(CountQuery).await.unwrap().connections, 1);
         directory.send(Leave { user, session: 2 }).await.unwrap();
         assert_eq!(
             directory.send(CountQuery).await.unwrap(),

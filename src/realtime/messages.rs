@@ -60,7 +60,10 @@ pub enum ToSession {
     Recheck,
     /// The user as a re-check found them, for the credentials it checked (ignored if the
     /// connection has signed in otherwise since).
-    Identity { of: Credentials, actor: crate::auth::Actor },
+    Identity {
+        of: Credentials,
+        actor: crate::auth::Caller,
+    },
     /// A channel the identity of `of` may no longer watch (`None`: it may not stay connected — a
     /// disabled account closes with 4003, an ended sign-in session with 4001).
     Revoked {

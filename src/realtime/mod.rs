@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::auth::actors::ActorCache;
+use crate::auth::callers::CallerCache;
 use crate::db::Pool;
 use crate::domain::ids::UserId;
 use crate::events::Event;
@@ -46,7 +46,7 @@ pub struct Hub {
     /// The other nodes, when there are any (`SWAPCAST_NATS_URL`).
     pub backplane: Option<Backplane>,
     /// Signed-in users as last read; [`Hub::user_changed`] forgets them.
-    pub actors: Arc<ActorCache>,
+    pub actors: Arc<CallerCache>,
     /// The newest event id this node knows to be committed: what a connecting client is told,
     /// without a database read per handshake.
     latest: Arc<AtomicI64>,

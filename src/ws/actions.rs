@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::extract::load_actor;
+use crate::auth::extract::load_caller;
 use crate::auth::{policy, Identity};
 use crate::clock::now_ms;
 use crate::domain::batteries::AddBattery;
@@ -61,7 +61,7 @@ pub async fn perform(state: Arc<AppState>, identity: Option<Identity>, action: S
             if identity.credentials.expires_at * 1000 <= now_ms() {
                 return Err(Error::TokenExpired);
             }
-            Some(load_actor(&state, identity.credentials).await?)
+            Some(load_caller(&state, identity.credentials).await?)
         }
     };
     let signed_in = || actor.clone().ok_or(Error::Unauthenticated);

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use actix::Recipient;
 use bytestring::ByteString;
 
-use crate::auth::extract::load_actor;
-use crate::auth::{policy, Actor, Identity};
+use crate::auth::extract::load_caller;
+use crate::auth::{policy, Caller, Identity};
 use crate::clock::now_ms;
 use crate::db;
 use crate::domain::ids::{StationId, UserId};
@@ -55,7 +55,7 @@ pub fn register(
 
 /// The channels a caller is subscribed to on sign-in: their notifications, and an operator's
 /// own stations.
-pub async fn automatic(state: &AppState, actor: &Actor) -> Result<Vec<Channel>> {
+pub async fn automatic(state: &AppState, actor: &Caller) -> Result<Vec<Channel>> {
     let who = actor.clone();
     let operated = state.read(move |conn| stations::operated_by(conn, Some(&who))).await?;
     let mut channels = vec![Channel::Notifications];
@@ -69,7 +69,7 @@ pub async fn automatic(state: &AppState, actor: &Actor) -> Result<Vec<Channel>> 
 }
 
 /// May this caller watch this channel, and where do they see personal data?
-async fn authorize(state: &AppState, actor: Option<&Actor>, channel: Channel) -> Result<PersonalData> {
+async fn authorize(state: &AppState, actor: Option<&Caller>, channel: Channel) -> Result<PersonalData> {
     match channel {
         Channel::Notifications => {
             actor.ok_or(Error::Unauthenticated)?;
@@ -122,7 +122,9 @@ async fn authorize(state: &AppState, actor: Option<&Actor>, channel: Channel) ->
 pub struct Joining {
     pub session: SessionId,
     pub to: Recipient<ToSession>,
-    pub actor: Option<Actor>,
+    /// Who the connection is signed in as; the join asks for the caller as they are now, as a
+    /// REST request would, never as they were when the connection signed in.
+    pub identity: Option<Identity>,
     pub channel: Channel,
     /// Whether messages carry `"channel"` (`/ws`).
     pub tagged: bool,
@@ -138,13 +140,17 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
     let Joining {
         session,
         ref to,
-        ref actor,
+        ref identity,
         channel,
         tagged,
         start,
         ref preface,
     } = joining;
     let outcome = async {
+        let actor = match identity {
+            Some(identity) => Some(load_caller(&state, identity.credentials).await?),
+            None => None,
+        };
         let personal = authorize(&state, actor.as_ref(), channel).await?;
         let registered = match (channel, actor.as_ref()) {
             (Channel::Notifications, Some(actor)) => {
@@ -183,7 +189,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
     }
 }
 
-fn feed_of(channel: Channel, actor: Option<&Actor>) -> Option<log::Feed> {
+fn feed_of(channel: Channel, actor: Option<&Caller>) -> Option<log::Feed> {
     match channel {
         Channel::Stations => Some(log::Feed::AllStations),
         Channel::Station(id) => Some(log::Feed::Station(id)),
@@ -203,7 +209,7 @@ struct Wanted {
 async fn catch_up(
     state: &AppState,
     to: &Recipient<ToSession>,
-    actor: Option<&Actor>,
+    actor: Option<&Caller>,
     personal: &PersonalData,
     wanted: Wanted,
 ) -> Result<()> {
@@ -330,7 +336,7 @@ pub async fn recheck(
     tagged: bool,
 ) {
     let of = identity.credentials;
-    let actor = match load_actor(&state, of).await {
+    let actor = match load_caller(&state, of).await {
         Ok(actor) => actor,
         Err(error @ (Error::AccountDisabled | Error::InvalidToken)) => {
             return to.do_send(ToSession::Revoked {

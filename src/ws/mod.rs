@@ -27,7 +27,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::auth::extract::{authenticate, find_token, TokenSource};
-use crate::auth::{Actor, Identity};
+use crate::auth::{Caller, Identity};
 use crate::domain::ids::StationId;
 use crate::protocol::Greeting;
 use crate::protocol::{close, close_for};
@@ -114,7 +114,7 @@ async fn open(state: web::Data<AppState>, req: HttpRequest, seed: Option<Channel
 }
 
 /// `connection_established`, less `last_event_id` (added once the session is registered).
-fn greeting(seed: Option<Channel>, identity: Option<&Actor>) -> Greeting {
+fn greeting(seed: Option<Channel>, identity: Option<&Caller>) -> Greeting {
     let (message, station_id, user_id) = match seed {
         Some(Channel::Stations) => ("Connected to all stations", None, None),
         // "Connected to station_1": the id is appended.

@@ -234,7 +234,7 @@ impl WsSession {
         let joining = channels::Joining {
             session: self.id,
             to: ctx.address().recipient(),
-            actor: self.identity.as_ref().map(|i| i.actor.clone()),
+            identity: self.identity.clone(),
             channel,
             tagged: self.tagged(),
             start,
@@ -244,6 +244,10 @@ impl WsSession {
         actix_web::rt::spawn(task);
     }
 
+    /// The one way a subscription ends — unsubscribed, refused, revoked, or the connection gone:
+    /// the outlet forgets the channel and the registry (or, for notifications, the directory)
+    /// forgets the watch. Both forgettings are idempotent, so a channel refused before it was
+    /// registered leaves the same way.
     fn leave(&mut self, channel: Channel) {
         if !self.out().leave(channel) {
             return;
@@ -349,7 +353,10 @@ impl WsSession {
             .identity
             .as_ref()
             .is_some_and(|current| current.actor.id == actor.id);
-        if !same_user {
+        if same_user {
+            // A renewal keeps the subscriptions, but checks them again as the account is now.
+            ctx.notify(ToSession::Recheck);
+        } else {
             let channels = self.out().channels();
             for channel in channels {
                 self.leave(channel);
@@ -498,12 +505,7 @@ impl WsSession {
     /// A channel could not be joined: a seed connection closes, a `/ws` one is told and goes on.
     fn refused(&mut self, channel: Channel, error: Error, ctx: &mut Ctx) {
         // A catch-up that failed comes after the registration: take the watch back too.
-        if self.out().leave(channel) && channel != Channel::Notifications {
-            self.registry.do_send(Unsubscribe {
-                session: self.id,
-                channel,
-            });
-        }
+        self.leave(channel);
         match self.kind {
             Kind::Seed { .. } | Kind::Refused { .. } => {
                 let (code, reason) = close_for(&error);
@@ -591,14 +593,11 @@ impl Actor for WsSession {
                 .with_label_values(&[self.endpoint()])
                 .dec();
         }
-        self.registry.do_send(Disconnect { session: self.id });
-        let notified = self.out().has(Channel::Notifications);
-        if let (true, Some(identity)) = (notified, &self.identity) {
-            self.state.hub.directory.do_send(Leave {
-                user: identity.actor.id,
-                session: self.id,
-            });
+        let channels = self.out().channels();
+        for channel in channels {
+            self.leave(channel);
         }
+        self.registry.do_send(Disconnect { session: self.id });
     }
 }
 

@@ -540,3 +540,52 @@ async fn an_event_whose_node_died_before_publishing_is_still_delivered_in_order(
     assert_eq!(expected.len(), 3, "the orphan, then battery_added and inventory_update");
     assert_eq!(ids_until(&mut on_b, *expected.last().unwrap()).await, expected);
 }
+
+/// While NATS is down a node cannot hear the other's changes to users, so its signed-in
+/// connections re-check themselves against the database: a user deactivated through node A is
+/// still cut off on node B within the contract's second (plus slack), outage or not.
+#[actix_web::test]
+async fn revocation_reaches_other_nodes_while_nats_is_down() {
+    let Some(mut nats) = OwnNats::start() else { return };
+    let Some(db) = postgres_db() else { return };
+    create_admin_cli(&db.url(), ADMIN);
+    let a = node(&db, &nats.url(), "admin-side");
+    let b = node(&db, &nats.url(), "driver-side");
+    let admin = ChildAdmin::sign_in(&a, ADMIN).await;
+    let (_, token) = driver(&b, 0).await;
+    let mut session = watch(&b, &format!("/ws/stations/?token={token}")).await;
+    assert_eq!(session.next_json().await["type"], "connection_established");
+    let users: Value = admin.get("/api/users?limit=100").await;
+    let id = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "driver0@swapcast.test")
+        .map(|u| u["id"].as_i64().unwrap())
+        .unwrap();
+
+    nats.stop();
+    for server in [&a, &b] {
+        assert_eq!(wait_backplane(server, "down").await["backplane"], "down");
+    }
+    let since = Instant::now();
+    let disabled = admin
+        .http
+        .patch(format!("{}/api/users/{id}", admin.address))
+        .bearer_auth(&admin.token)
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), 200);
+    assert_eq!(
+        session.close_code().await,
+        Some(4003),
+        "closed on node B during the outage"
+    );
+    assert!(
+        since.elapsed() < Duration::from_secs(4),
+        "took {:?} with NATS down",
+        since.elapsed()
+    );
+}

@@ -351,6 +351,19 @@ async fn logout_ends_one_session_and_all_ends_every_one() {
     app.post("/api/auth/logout", None, json!({"refresh_token": first.refresh}))
         .await
         .expect(204);
+    // A logout by refresh token works whatever access token rides along (clients often log out
+    // once theirs has expired).
+    let fourth = sign_in(app, &email).await;
+    app.post(
+        "/api/auth/logout",
+        Some("expired-or-garbage"),
+        json!({"refresh_token": fourth.refresh}),
+    )
+    .await
+    .expect(204);
+    app.post("/api/auth/refresh", None, json!({"refresh_token": fourth.refresh}))
+        .await
+        .expect_error(401, "invalid_token");
 
     let since = Instant::now();
     app.post("/api/auth/logout?all=true", Some(&third.access), json!({}))

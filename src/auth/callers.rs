@@ -1,4 +1,4 @@
-//! Who a signed-in user is now (and that the sign-in session of their token is live), remembered
+//! Who a signed-in caller is now (and that the sign-in session of their token is live), remembered
 //! for a moment, so a request does not pay a database round trip (a hop to the blocking pool and
 //! back) just to learn the caller's role.
 //!
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::tokens::SignInId;
-use super::Actor;
+use super::Caller;
 use crate::domain::ids::UserId;
 
 /// Permission to remember what a read started now finds.
@@ -25,16 +25,16 @@ pub const FRESH_FOR: Duration = Duration::from_secs(1);
 const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Default)]
-pub struct ActorCache {
+pub struct CallerCache {
     entries: Mutex<Entries>,
 }
 
 /// The users remembered, with when they were read; and how many times one was forgotten so far.
-type Entries = (HashMap<(UserId, SignInId), (Actor, Instant)>, u64);
+type Entries = (HashMap<(UserId, SignInId), (Caller, Instant)>, u64);
 
-impl ActorCache {
+impl CallerCache {
     /// The remembered user, or the ticket to [`put`](Self::put) them after reading them.
-    pub fn get(&self, id: UserId, session: SignInId) -> Result<Actor, Ticket> {
+    pub fn get(&self, id: UserId, session: SignInId) -> Result<Caller, Ticket> {
         let (entries, forgotten) = &*self.lock();
         match entries.get(&(id, session)) {
             Some((actor, at)) if at.elapsed() < FRESH_FOR => Ok(actor.clone()),
@@ -44,7 +44,7 @@ impl ActorCache {
 
     /// Remembers an active user as read from the database after `ticket` was issued — unless a
     /// user was forgotten meanwhile: that read may predate the change that was announced.
-    pub fn put(&self, actor: Actor, session: SignInId, ticket: Ticket) {
+    pub fn put(&self, actor: Caller, session: SignInId, ticket: Ticket) {
         let (entries, forgotten) = &mut *self.lock();
         if *forgotten != ticket.0 {
             return;
@@ -74,8 +74,8 @@ mod tests {
 
     const S: SignInId = SignInId(7);
 
-    fn actor(id: i64) -> Actor {
-        Actor {
+    fn actor(id: i64) -> Caller {
+        Caller {
             id: UserId(id),
             role: Role::Operator,
             email: format!("u{id}@example.com"),
@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn remembers_until_forgotten() {
-        let cache = ActorCache::default();
+        let cache = CallerCache::default();
         let ticket = cache.get(UserId(1), S).unwrap_err();
         cache.put(actor(1), S, ticket);
         assert_eq!(cache.get(UserId(1), S), Ok(actor(1)));
@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn a_read_that_raced_a_change_is_not_remembered() {
-        let cache = ActorCache::default();
+        let cache = CallerCache::default();
         let ticket = cache.get(UserId(1), S).unwrap_err();
         // The change commits and is announced while the read is on its way back.
         cache.forget(UserId(1));
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn entries_go_stale() {
-        let cache = ActorCache::default();
+        let cache = CallerCache::default();
         cache
             .lock()
             .0
