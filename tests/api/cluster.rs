@@ -481,23 +481,7 @@ async fn a_user_disabled_on_one_node_is_cut_off_on_every_node() {
     let (_, token) = driver(&b, 0).await;
     let mut session = watch(&b, &format!("/ws/notifications/?token={token}")).await;
     assert_eq!(session.next_json().await["type"], "connection_established");
-    let me: Value = admin.get("/api/users?limit=100").await;
-    let id = me["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["email"] == "driver0@swapcast.test")
-        .map(|u| u["id"].as_i64().unwrap())
-        .unwrap();
-    let disabled = admin
-        .http
-        .patch(format!("{}/api/users/{id}", admin.address))
-        .bearer_auth(&admin.token)
-        .json(&json!({"active": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(disabled.status(), 200);
+    deactivate(&admin, "driver0@swapcast.test").await;
     assert_eq!(
         session.close_code().await,
         Some(4003),
@@ -555,29 +539,13 @@ async fn revocation_reaches_other_nodes_while_nats_is_down() {
     let (_, token) = driver(&b, 0).await;
     let mut session = watch(&b, &format!("/ws/stations/?token={token}")).await;
     assert_eq!(session.next_json().await["type"], "connection_established");
-    let users: Value = admin.get("/api/users?limit=100").await;
-    let id = users["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["email"] == "driver0@swapcast.test")
-        .map(|u| u["id"].as_i64().unwrap())
-        .unwrap();
 
     nats.stop();
     for server in [&a, &b] {
         assert_eq!(wait_backplane(server, "down").await["backplane"], "down");
     }
     let since = Instant::now();
-    let disabled = admin
-        .http
-        .patch(format!("{}/api/users/{id}", admin.address))
-        .bearer_auth(&admin.token)
-        .json(&json!({"active": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(disabled.status(), 200);
+    deactivate(&admin, "driver0@swapcast.test").await;
     assert_eq!(
         session.close_code().await,
         Some(4003),
@@ -588,4 +556,25 @@ async fn revocation_reaches_other_nodes_while_nats_is_down() {
         "took {:?} with NATS down",
         since.elapsed()
     );
+}
+
+/// An admin deactivates the user with this email (on the admin's node).
+async fn deactivate(admin: &ChildAdmin, email: &str) {
+    let users: Value = admin.get("/api/users?limit=100").await;
+    let id = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == email)
+        .map(|u| u["id"].as_i64().unwrap())
+        .expect("the user exists");
+    let disabled = admin
+        .http
+        .patch(format!("{}/api/users/{id}", admin.address))
+        .bearer_auth(&admin.token)
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), 200);
 }
