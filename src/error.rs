@@ -35,6 +35,9 @@ pub enum Error {
     AccountDisabled,
     #[error("{0}")]
     Forbidden(String),
+    /// A cookie-authenticated write from another origin (CONTRACT §3.1).
+    #[error("Cross-site request refused: send it from this server's pages, or with a bearer token")]
+    CrossSiteRequest,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{message}")]
@@ -75,6 +78,7 @@ impl Error {
             Error::InvalidCredentials => "invalid_credentials",
             Error::AccountDisabled => "account_disabled",
             Error::Forbidden(_) => "forbidden",
+            Error::CrossSiteRequest => "cross_site_request",
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
             Error::PayloadTooLarge => "payload_too_large",
@@ -92,7 +96,7 @@ impl ResponseError for Error {
             Error::Unauthenticated | Error::InvalidToken | Error::TokenExpired | Error::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            Error::AccountDisabled | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::AccountDisabled | Error::Forbidden(_) | Error::CrossSiteRequest => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

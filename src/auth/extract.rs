@@ -10,6 +10,7 @@ use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
+use super::origin;
 use super::sessions;
 use super::tokens::Credentials;
 use super::Caller;
@@ -101,10 +102,17 @@ impl FromRequest for RequestCaller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = find_token(req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        let cross_site = state
+            .as_ref()
+            .is_some_and(|state| !origin::write_allowed(req, &state.settings.allowed_origins));
         Box::pin(async move {
-            let Some((token, _)) = token? else {
+            let Some((token, source)) = token? else {
                 return Ok(RequestCaller(None));
             };
+            // A cookie rides along on a cross-site write; a bearer token never does by itself.
+            if source == TokenSource::Cookie && cross_site {
+                return Err(Error::CrossSiteRequest);
+            }
             let state = state.ok_or_else(|| Error::Internal(anyhow::anyhow!("AppState missing")))?;
             authenticate(&state, &token)
                 .await

@@ -4,6 +4,7 @@
 
 pub mod callers;
 pub mod extract;
+pub mod origin;
 pub mod password;
 pub mod policy;
 pub mod sessions;

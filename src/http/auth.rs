@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::{self, Body};
-use crate::auth::extract::{authenticate, find_token, RequestCaller, COOKIE_NAME};
+use crate::auth::extract::{authenticate, find_token, RequestCaller, TokenSource, COOKIE_NAME};
+use crate::auth::origin;
 use crate::auth::sessions::Rotation;
 use crate::auth::{password, sessions};
 use crate::clock::now_ms;
@@ -133,7 +134,10 @@ async fn logout(state: web::Data<AppState>, req: HttpRequest, body: Body<LogoutR
     let all = body::query(&req)?.get("all").is_some_and(|v| v == "true" || v == "1");
     let presented = body.value.refresh_token;
     let everywhere = if all {
-        let (token, _) = find_token(&req)?.ok_or(Error::Unauthenticated)?;
+        let (token, source) = find_token(&req)?.ok_or(Error::Unauthenticated)?;
+        if source == TokenSource::Cookie && !origin::write_allowed(&req, &state.settings.allowed_origins) {
+            return Err(Error::CrossSiteRequest);
+        }
         Some(authenticate(&state, &token).await?.0.id)
     } else {
         None

@@ -27,7 +27,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::auth::extract::{authenticate, find_token, TokenSource};
-use crate::auth::{Caller, Identity};
+use crate::auth::{origin, Caller, Identity};
 use crate::domain::ids::StationId;
 use crate::protocol::Greeting;
 use crate::protocol::{close, close_for};
@@ -138,21 +138,6 @@ fn start_of(req: &HttpRequest) -> Start {
     }
 }
 
-/// A cookie is sent by the browser whatever page opened the socket, so a cookie-authenticated
-/// WebSocket must come from this server's own origin or an allowed one (no cross-site hijacking).
-fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
-    let Some(origin) = req.headers().get("origin") else {
-        // Not a browser: nothing could have attached the cookie behind the user's back.
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else { return false };
-    let origin = origin.trim_end_matches('/');
-    let info = req.connection_info();
-    let own_http = format!("http://{}", info.host());
-    let own_https = format!("https://{}", info.host());
-    origin == own_http || origin == own_https || allowed.iter().any(|a| a.trim_end_matches('/') == origin)
-}
-
 /// Who is connecting, from the token presented at connect (if any). A bad or expired token is
 /// refused even where anonymous callers are welcome, rather than treated as anonymous.
 async fn admit(state: &AppState, req: &HttpRequest) -> Result<Option<Identity>, (u16, String)> {
@@ -160,43 +145,8 @@ async fn admit(state: &AppState, req: &HttpRequest) -> Result<Option<Identity>, 
         return Ok(None);
     };
     let (actor, credentials) = authenticate(state, &token).await.map_err(|e| close_for(&e))?;
-    if source == TokenSource::Cookie && !origin_allowed(req, &state.settings.allowed_origins) {
+    if source == TokenSource::Cookie && !origin::websocket_allowed(req, &state.settings.allowed_origins) {
         return Err((close::FORBIDDEN, "Cross-site WebSocket refused".into()));
     }
     Ok(Some(Identity { actor, credentials }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_web::http::header::HeaderValue;
-    use actix_web::test::TestRequest;
-
-    #[test]
-    fn cookie_origins_must_be_this_server_or_allowed() {
-        let allowed = vec!["https://dash.example/".to_owned()];
-        let with = |origin: HeaderValue| {
-            TestRequest::default()
-                .insert_header(("host", "swap.example"))
-                .insert_header(("origin", origin))
-                .to_http_request()
-        };
-        assert!(origin_allowed(&TestRequest::default().to_http_request(), &allowed));
-        assert!(origin_allowed(
-            &with(HeaderValue::from_static("http://swap.example")),
-            &allowed
-        ));
-        assert!(origin_allowed(
-            &with(HeaderValue::from_static("https://dash.example")),
-            &allowed
-        ));
-        assert!(!origin_allowed(
-            &with(HeaderValue::from_static("https://evil.example")),
-            &allowed
-        ));
-        assert!(!origin_allowed(
-            &with(HeaderValue::from_bytes(b"http://swap.example\xff").unwrap()),
-            &allowed
-        ));
-    }
 }

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod abuse;
 mod auth;
 mod authorization;
 mod bookings;

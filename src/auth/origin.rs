@@ -1,0 +1,120 @@
+//! Where a browser request comes from. A browser attaches the `swapcast_token` cookie whatever
+//! page makes the request — a page on a sibling subdomain or another port of the same host too,
+//! which SameSite does not stop — so what a cookie authenticates must also come from this
+//! server's own origin or one in `SWAPCAST_ALLOWED_ORIGINS` (CONTRACT §3, §3.1).
+
+use actix_web::http::Method;
+use actix_web::HttpRequest;
+
+/// Whether `origin` (`scheme://host[:port]`) is this server's own or an allowed one.
+fn is_trusted(req: &HttpRequest, origin: &str, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    let info = req.connection_info();
+    let own_http = format!("http://{}", info.host());
+    let own_https = format!("https://{}", info.host());
+    origin == own_http || origin == own_https || allowed.iter().any(|a| a.trim_end_matches('/') == origin)
+}
+
+/// A cookie-authenticated WebSocket: without an `Origin` it is not a browser, and nothing could
+/// have attached the cookie behind the user's back.
+pub fn websocket_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+    match req.headers().get("origin") {
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|o| is_trusted(req, o, allowed)),
+    }
+}
+
+/// A cookie-authenticated REST request: safe methods always; any other needs an `Origin` (or,
+/// lacking one, a `Referer`) that is trusted. Browsers send `Origin` on every cross-origin and
+/// every non-GET same-origin `fetch`, so a request with neither is refused too.
+pub fn write_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    if let Some(origin) = req.headers().get("origin") {
+        return origin.to_str().is_ok_and(|o| is_trusted(req, o, allowed));
+    }
+    let Some(referer) = req.headers().get("referer").and_then(|r| r.to_str().ok()) else {
+        return false;
+    };
+    referer_origin(referer).is_some_and(|o| is_trusted(req, o, allowed))
+}
+
+/// `https://host:port` of `https://host:port/path?query`.
+fn referer_origin(referer: &str) -> Option<&str> {
+    let scheme_end = referer.find("://")? + 3;
+    let host_end = referer[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(referer.len(), |i| scheme_end + i);
+    (host_end > scheme_end).then(|| &referer[..host_end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+    use actix_web::test::TestRequest;
+
+    fn with(method: Method, headers: &[(&'static str, HeaderValue)]) -> HttpRequest {
+        let mut req = TestRequest::default()
+            .method(method)
+            .insert_header(("host", "swap.example"));
+        for (name, value) in headers {
+            req = req.insert_header((*name, value.clone()));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn cookie_websockets_must_come_from_this_server_or_an_allowed_origin() {
+        let allowed = vec!["https://dash.example/".to_owned()];
+        let origin = |o: &'static [u8]| with(Method::GET, &[("origin", HeaderValue::from_bytes(o).unwrap())]);
+        assert!(websocket_allowed(&with(Method::GET, &[]), &allowed));
+        assert!(websocket_allowed(&origin(b"http://swap.example"), &allowed));
+        assert!(websocket_allowed(&origin(b"https://dash.example"), &allowed));
+        assert!(!websocket_allowed(&origin(b"https://evil.example"), &allowed));
+        assert!(!websocket_allowed(&origin(b"http://swap.example\xff"), &allowed));
+    }
+
+    #[test]
+    fn cookie_writes_need_a_trusted_origin_or_referer() {
+        let allowed = vec!["https://dash.example".to_owned()];
+        let h = |v: &'static str| HeaderValue::from_static(v);
+        assert!(write_allowed(&with(Method::GET, &[]), &allowed), "reads are free");
+        assert!(!write_allowed(&with(Method::POST, &[]), &allowed), "neither header");
+        assert!(write_allowed(
+            &with(Method::POST, &[("origin", h("http://swap.example"))]),
+            &allowed
+        ));
+        assert!(write_allowed(
+            &with(Method::PATCH, &[("origin", h("https://dash.example"))]),
+            &allowed
+        ));
+        assert!(!write_allowed(
+            &with(Method::POST, &[("origin", h("http://evil.example"))]),
+            &allowed
+        ));
+        // A sibling port or subdomain is another origin.
+        assert!(!write_allowed(
+            &with(Method::POST, &[("origin", h("http://swap.example:8080"))]),
+            &allowed
+        ));
+        assert!(!write_allowed(
+            &with(Method::POST, &[("origin", h("http://a.swap.example"))]),
+            &allowed
+        ));
+        assert!(!write_allowed(&with(Method::POST, &[("origin", h("null"))]), &allowed));
+        assert!(write_allowed(
+            &with(Method::POST, &[("referer", h("http://swap.example/dash?x=1"))]),
+            &allowed
+        ));
+        assert!(!write_allowed(
+            &with(Method::POST, &[("referer", h("http://swap.example.evil.example/"))]),
+            &allowed
+        ));
+        assert!(!write_allowed(
+            &with(Method::DELETE, &[("referer", h("not a url"))]),
+            &allowed
+        ));
+    }
+}
