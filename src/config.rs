@@ -35,6 +35,8 @@ pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 pub const DEFAULT_SEND_QUEUE: usize = 1024;
+/// Failed sign-ins for one account within 15 minutes before its sign-ins are refused (429).
+pub const DEFAULT_LOGIN_ATTEMPTS: u32 = 10;
 
 #[derive(Args, Clone, Debug)]
 pub struct Settings {
@@ -111,6 +113,10 @@ pub struct Settings {
     #[arg(long = "rate-limit", env = "SWAPCAST_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT_PER_SEC, global = true)]
     pub rate_limit: u32,
 
+    /// Failed sign-ins per account per 15 minutes; 0 = no throttle.
+    #[arg(long = "login-attempts", env = "SWAPCAST_LOGIN_ATTEMPTS", default_value_t = DEFAULT_LOGIN_ATTEMPTS, global = true)]
+    pub login_attempts: u32,
+
     /// Messages.
     #[arg(long = "send-queue", env = "SWAPCAST_SEND_QUEUE", default_value_t = DEFAULT_SEND_QUEUE, global = true)]
     pub send_queue: usize,
@@ -147,6 +153,7 @@ impl Default for Settings {
             max_frame: DEFAULT_MAX_FRAME_BYTES,
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
             send_queue: DEFAULT_SEND_QUEUE,
+            login_attempts: DEFAULT_LOGIN_ATTEMPTS,
             db_pool_size: None,
             node_id: None,
             log_format: LogFormat::Human,

@@ -44,6 +44,12 @@ pub enum Error {
     Conflict { code: &'static str, message: String },
     #[error("Request body is too large")]
     PayloadTooLarge,
+    /// Too many failed sign-ins for this account lately (CONTRACT §3.1).
+    #[error("Too many failed sign-ins for this account; try again later")]
+    TooManyAttempts { retry_after_secs: u64 },
+    /// Too much work of one kind at once (password hashing): come back shortly.
+    #[error("The server is busy; try again shortly")]
+    Busy { retry_after_secs: u64 },
     #[error("Database unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -82,6 +88,8 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
             Error::PayloadTooLarge => "payload_too_large",
+            Error::TooManyAttempts { .. } => "too_many_attempts",
+            Error::Busy { .. } => "service_unavailable",
             Error::Unavailable(_) => "service_unavailable",
             Error::Internal(_) => "internal_error",
         }
@@ -100,13 +108,19 @@ impl ResponseError for Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(json!({ "error": ErrorBody::of(self) }))
+        let mut response = HttpResponse::build(self.status_code());
+        if let Error::TooManyAttempts { retry_after_secs } | Error::Busy { retry_after_secs } = self {
+            response.insert_header(("Retry-After", retry_after_secs.to_string()));
+        }
+        response.json(json!({ "error": ErrorBody::of(self) }))
     }
 }
 

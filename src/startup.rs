@@ -11,6 +11,7 @@ use actix_web::middleware::{from_fn, NormalizePath};
 use actix_web::{web, App};
 use anyhow::Context;
 
+use crate::auth::guard::LoginGuard;
 use crate::auth::{password, tokens};
 use crate::config::Settings;
 use crate::db::writer::Writer;
@@ -177,12 +178,16 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         tracing::info!(node = &*hub.node, cluster, "joined the cluster");
     }
     let writer = Writer::start(&settings.database_url)?;
+    let settings_login_attempts = settings.login_attempts;
+    // One Argon2 hash per core at a time: more would only queue inside the blocking pool.
+    let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(AppState {
         pool,
         writer,
         settings: Arc::new(settings),
         keys: Arc::new(keys),
         hub,
+        login: Arc::new(LoginGuard::new(settings_login_attempts, hashers)),
     })
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::guard::LoginGuard;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
 use crate::db::writer::Writer;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub keys: Arc<TokenKeys>,
     pub hub: Hub,
+    /// Sign-in throttling and the bound on password hashing.
+    pub login: Arc<LoginGuard>,
 }
 
 impl AppState {

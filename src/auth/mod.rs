@@ -4,6 +4,7 @@
 
 pub mod callers;
 pub mod extract;
+pub mod guard;
 pub mod origin;
 pub mod password;
 pub mod policy;

@@ -39,6 +39,7 @@ async fn register(state: web::Data<AppState>, body: Body<RegisterRequest>) -> Re
     let email = Email::parse(&input.email)?;
     let display_name = DisplayName::parse(&input.display_name)?;
     let password = Password::parse(input.password)?;
+    let _turn = state.login.hashing_turn().await?;
     let password_hash = web::block(move || password::hash(&password)).await??;
     let registration = Registration {
         email,
@@ -61,16 +62,32 @@ async fn login(state: web::Data<AppState>, req: HttpRequest, body: Body<LoginReq
     let LoginRequest { email, password } = body.value;
     // A malformed email cannot belong to anyone: the same answer as a wrong password.
     let email = Email::parse(&email).map_err(|_| Error::InvalidCredentials)?;
+    let account = email.as_str().to_owned();
+    // A throttled account is refused before any hash is spent, the right password too.
+    state.login.check(&account)?;
     let user = state.read(move |conn| users::find_by_email(conn, &email)).await?;
-    let user = web::block(move || match user {
-        Some(user) if password::verify(&password, &user.password_hash) => Ok(user),
-        Some(_) => Err(Error::InvalidCredentials),
-        None => {
-            password::waste_verification(&password);
-            Err(Error::InvalidCredentials)
+    let checked = {
+        let _turn = state.login.hashing_turn().await?;
+        web::block(move || match user {
+            Some(user) if password::verify(&password, &user.password_hash) => Ok(user),
+            Some(_) => Err(Error::InvalidCredentials),
+            None => {
+                password::waste_verification(&password);
+                Err(Error::InvalidCredentials)
+            }
+        })
+        .await?
+    };
+    let user = match checked {
+        Ok(user) => {
+            state.login.succeeded(&account);
+            user
         }
-    })
-    .await??;
+        Err(e) => {
+            state.login.failed(&account);
+            return Err(e);
+        }
+    };
     let (keys, ttl) = (state.keys.clone(), state.settings.refresh_ttl);
     let session = state
         .read(move |conn| db::write(conn, |conn| sessions::start(conn, &keys, ttl, user, now_ms())))

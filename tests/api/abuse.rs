@@ -125,3 +125,40 @@ async fn cookie_writes_from_other_origins_are_refused_and_change_nothing() {
     assert_eq!(status, 403, "{body}");
     app.get("/api/me", Some(&app.admin.token)).await.expect(200);
 }
+
+/// After `SWAPCAST_LOGIN_ATTEMPTS` failed sign-ins one account is refused with 429 and
+/// `Retry-After` — the right password too — while other accounts sign in as before.
+#[actix_web::test]
+async fn password_guessing_is_throttled_per_account() {
+    let app = crate::helpers::spawn_app_with(|s| s.login_attempts = 3).await;
+    let victim = app.user("user").await;
+    let bystander = app.user("user").await;
+    let login = |email: String, password: &'static str| {
+        let app = &app;
+        async move {
+            app.post("/api/auth/login", None, json!({"email": email, "password": password}))
+                .await
+        }
+    };
+    for _ in 0..3 {
+        login(victim.email.clone(), "wrong password")
+            .await
+            .expect_error(401, "invalid_credentials");
+    }
+    let throttled = login(victim.email.to_uppercase(), crate::helpers::PASSWORD).await;
+    let retry_after: u64 = throttled.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after > 0 && retry_after <= 15 * 60, "{retry_after}");
+    throttled.expect_error(429, "too_many_attempts");
+    login(bystander.email.clone(), crate::helpers::PASSWORD)
+        .await
+        .expect(200);
+    // An email nobody has is throttled the same way: the answers tell no accounts apart.
+    for _ in 0..3 {
+        login("nobody@swapcast.test".into(), "guess")
+            .await
+            .expect_error(401, "invalid_credentials");
+    }
+    login("nobody@swapcast.test".into(), "guess")
+        .await
+        .expect_error(429, "too_many_attempts");
+}
