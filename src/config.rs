@@ -117,6 +117,15 @@ pub struct Settings {
     #[arg(long = "login-attempts", env = "SWAPCAST_LOGIN_ATTEMPTS", default_value_t = DEFAULT_LOGIN_ATTEMPTS, global = true)]
     pub login_attempts: u32,
 
+    /// WebSocket connections one peer address may hold; 0 = no limit.
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "SWAPCAST_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0,
+        global = true
+    )]
+    pub max_connections_per_ip: usize,
+
     /// Messages.
     #[arg(long = "send-queue", env = "SWAPCAST_SEND_QUEUE", default_value_t = DEFAULT_SEND_QUEUE, global = true)]
     pub send_queue: usize,
@@ -154,6 +163,7 @@ impl Default for Settings {
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
             send_queue: DEFAULT_SEND_QUEUE,
             login_attempts: DEFAULT_LOGIN_ATTEMPTS,
+            max_connections_per_ip: 0,
             db_pool_size: None,
             node_id: None,
             log_format: LogFormat::Human,

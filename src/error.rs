@@ -44,6 +44,9 @@ pub enum Error {
     Conflict { code: &'static str, message: String },
     #[error("Request body is too large")]
     PayloadTooLarge,
+    /// The body did not arrive in time (a client holding a request open byte by byte).
+    #[error("The request body did not arrive in time")]
+    RequestTimeout,
     /// Too many failed sign-ins for this account lately (CONTRACT §3.1).
     #[error("Too many failed sign-ins for this account; try again later")]
     TooManyAttempts { retry_after_secs: u64 },
@@ -88,6 +91,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } => code,
             Error::PayloadTooLarge => "payload_too_large",
+            Error::RequestTimeout => "request_timeout",
             Error::TooManyAttempts { .. } => "too_many_attempts",
             Error::Busy { .. } => "service_unavailable",
             Error::Unavailable(_) => "service_unavailable",
@@ -108,6 +112,7 @@ impl ResponseError for Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

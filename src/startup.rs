@@ -141,12 +141,19 @@ async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B
     futures_util::future::select(Box::pin(a), Box::pin(b)).await;
 }
 
+/// HS256 with a short secret is brute-forced offline from a single token.
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// The `settings` row naming the cluster: nodes sharing a database share it.
 const CLUSTER_SETTING: &str = "cluster_id";
 
 async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
     let pool = open_database(&settings).await?;
     let secret = match &settings.jwt_secret {
+        Some(secret) if secret.len() < MIN_JWT_SECRET_BYTES => anyhow::bail!(
+            "SWAPCAST_JWT_SECRET is {} bytes; it must be at least {MIN_JWT_SECRET_BYTES} (a short HS256 secret can be guessed offline from one token). Leave it unset to have one generated and kept in the database.",
+            secret.len()
+        ),
         Some(secret) => secret.clone(),
         None => {
             tracing::warn!("SWAPCAST_JWT_SECRET is not set: using a generated secret kept in the database");

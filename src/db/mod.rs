@@ -77,9 +77,11 @@ impl ManageConnection for Manager {
             Target::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 // busy_timeout must come before the switch to WAL, or a second pool sees "database is locked".
+                // synchronous = FULL: a commit is on disk before it is answered (in WAL mode NORMAL
+                // may lose the last commits on power loss — and a 201 promises the change stands).
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
                 ))
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(conn))
@@ -116,12 +118,16 @@ pub fn connect(database_url: &str, size: Option<u32>) -> anyhow::Result<Pool> {
         .context("cannot build the database pool")
 }
 
-/// The URL without its password, for messages and logs.
+/// The URL without its credentials, for messages and logs (database and NATS URLs alike): a
+/// password goes; a user part without one may itself be the secret (a NATS token), so it goes too.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
+            let user = match userinfo.split_once(':') {
+                Some((user, _password)) => user,
+                None => "***",
+            };
             format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
         }
         _ => url.to_owned(),
@@ -261,8 +267,29 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_commits_are_durable_before_they_are_answered() {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Synchronous {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            synchronous: i32,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let manager = Manager {
+            target: Target::Sqlite(dir.path().join("d.db").display().to_string()),
+        };
+        let mut conn = manager.connect().unwrap();
+        let rows: Vec<Synchronous> = diesel::sql_query("PRAGMA synchronous").load(&mut conn).unwrap();
+        // 2 = FULL: the WAL is synced at every commit.
+        assert_eq!(rows[0].synchronous, 2);
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(redact("postgres://bob:hunter2@db:5432/x"), "postgres://bob@db:5432/x");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(redact("nats://svc:s3cret@nats:4222"), "nats://svc@nats:4222");
+        // A token as the whole user part is a credential too.
+        assert_eq!(redact("nats://s3cr3t-token@nats:4222"), "nats://***@nats:4222");
     }
 }

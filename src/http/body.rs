@@ -41,18 +41,27 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
     }
 }
 
-/// The whole body, refused past [`MAX_BODY_BYTES`].
+/// The whole body, refused past [`MAX_BODY_BYTES`] or [`BODY_READ_TIMEOUT`].
 async fn read_limited(mut payload: Payload) -> Result<Bytes> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::MalformedJson(e.to_string()))?;
-        if buf.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(Error::PayloadTooLarge);
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| Error::MalformedJson(e.to_string()))?;
+            if buf.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(Error::PayloadTooLarge);
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .map_err(|_| Error::RequestTimeout)?
 }
+
+/// A body of at most 64 KiB that takes longer than this is a client holding a worker's
+/// connection open on purpose (or a broken one): 408. (Headers have actix-http's own timeout.)
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The body of a request that needs none (`POST /bookings/{id}/cancel`): empty, or a JSON object
 /// whose fields are ignored (clients send `{}`). Anything else is refused as any body would be, so

@@ -136,7 +136,7 @@ impl Backplane {
             })
             .connect(url)
             .await
-            .map_err(|e| anyhow::anyhow!("SWAPCAST_NATS_URL {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("SWAPCAST_NATS_URL {}: {e}", crate::db::redact(url)))?;
         // Serving before the first connection would drop this node's first events on the way
         // out (the others would read them from the log, later): wait a little for it.
         let deadline = Instant::now() + FIRST_CONNECT_WAIT;
@@ -145,7 +145,7 @@ impl Backplane {
         }
         if client.connection_state() != State::Connected {
             tracing::warn!(
-                url,
+                url = crate::db::redact(url),
                 "backplane not connected yet; serving, and retrying in the background"
             );
             local.publisher.do_send(BackplaneState { up: false });

@@ -5,6 +5,7 @@
 //! - [`registry`]  a `StationRegistry` per worker thread: station → that thread's watching sessions
 //! - [`directory`] starts and stops one [`notifier::Notifier`] per connected user
 //! - [`notifier`]  a user's sessions
+//! - [`per_ip`]    WebSocket connections per peer address
 //! - [`outbox`]    the never-wait rule for handing a message to a session
 //! - [`messages`]  every message they exchange
 
@@ -13,6 +14,7 @@ pub mod directory;
 pub mod messages;
 pub mod notifier;
 pub mod outbox;
+pub mod per_ip;
 pub mod publisher;
 pub mod registry;
 #[cfg(test)]
@@ -45,6 +47,8 @@ pub struct Hub {
     pub node: Arc<str>,
     /// The other nodes, when there are any (`SWAPCAST_NATS_URL`).
     pub backplane: Option<Backplane>,
+    /// WebSocket connections per peer address (`SWAPCAST_MAX_CONNECTIONS_PER_IP`).
+    pub per_ip: Arc<per_ip::PerIp>,
     /// Signed-in users as last read; [`Hub::user_changed`] forgets them.
     pub actors: Arc<CallerCache>,
     /// The newest event id this node knows to be committed: what a connecting client is told,
@@ -77,6 +81,7 @@ impl Hub {
             node,
             backplane: None,
             actors: Arc::default(),
+            per_ip: Arc::default(),
             latest,
         }
     }

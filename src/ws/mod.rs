@@ -32,6 +32,7 @@ use crate::domain::ids::StationId;
 use crate::protocol::Greeting;
 use crate::protocol::{close, close_for};
 use crate::realtime::messages::Channel;
+use crate::realtime::per_ip::PerIp;
 use crate::realtime::Hub;
 use crate::router::{Recorder, Router, Served};
 use crate::state::AppState;
@@ -90,9 +91,25 @@ async fn open(state: web::Data<AppState>, req: HttpRequest, seed: Option<Channel
         rate_per_sec: settings.rate_limit,
         send_queue: settings.send_queue.max(1),
     };
-    let (kind, identity) = match admit(&state, &req).await {
-        Err((code, reason)) => (Kind::Refused { code, reason }, None),
-        Ok(identity) => match seed {
+    let place = match req.peer_addr() {
+        Some(peer) => PerIp::take(&state.hub.per_ip, peer.ip(), settings.max_connections_per_ip),
+        None => Ok(None),
+    };
+    // Over the limit: refused after the upgrade like every refusal, before any token is checked.
+    let admitted = match &place {
+        Ok(_) => Some(admit(&state, &req).await),
+        Err(_) => None,
+    };
+    let (kind, identity) = match admitted {
+        None => (
+            Kind::Refused {
+                code: close::TRY_AGAIN_LATER,
+                reason: "Too many connections from this address".into(),
+            },
+            None,
+        ),
+        Some(Err((code, reason))) => (Kind::Refused { code, reason }, None),
+        Some(Ok(identity)) => match seed {
             Some(channel) => (Kind::Seed { channel }, identity),
             None => (Kind::Multiplexed, identity),
         },
@@ -106,6 +123,7 @@ async fn open(state: web::Data<AppState>, req: HttpRequest, seed: Option<Channel
         identity,
         limits,
         start: start_of(&req),
+        place: place.ok().flatten(),
     };
     response
         .extensions_mut()

@@ -28,6 +28,7 @@ use crate::protocol::{close, close_for, ClientMessage, Greeting, Inbound, Server
 use crate::realtime::messages::{
     Channel, Disconnect, Identify, Leave, SessionId, SharedOutlet, ToSession, Unsubscribe,
 };
+use crate::realtime::per_ip::Place;
 use crate::realtime::registry::StationRegistry;
 use crate::state::AppState;
 
@@ -79,6 +80,8 @@ pub struct WsSession {
     peer_gone: bool,
     /// The close at the token's `exp` (4002) and, on `/ws`, the `token_expiring` before it.
     expiry: Vec<SpawnHandle>,
+    /// Held for the connection's life (see [`crate::realtime::per_ip`]).
+    _place: Option<Place>,
 }
 
 type Ctx = Context<WsSession>;
@@ -93,6 +96,8 @@ pub struct Opening {
     pub identity: Option<Identity>,
     pub limits: Limits,
     pub start: Start,
+    /// This connection's place under `SWAPCAST_MAX_CONNECTIONS_PER_IP`, given back with the session.
+    pub place: Option<Place>,
 }
 
 impl Opening {
@@ -126,6 +131,7 @@ impl WsSession {
             registry,
             peer_gone: false,
             expiry: Vec::new(),
+            _place: opening.place,
         }
     }
 
@@ -264,10 +270,12 @@ impl WsSession {
         }
     }
 
-    /// One complete text message from the client.
-    fn on_text(&mut self, raw: &str, ctx: &mut Ctx) {
+    /// Counts one inbound frame against the rate limit — a ping, a pong, a binary or a text
+    /// message alike (a fragmented message counts once, when it is complete: its size is bounded
+    /// anyway) — and says whether it may be handled.
+    fn within_rate(&mut self, ctx: &mut Ctx) -> bool {
         match self.limiter.hit(Instant::now()) {
-            Verdict::Allow => {}
+            Verdict::Allow => true,
             Verdict::Limit { tell } => {
                 self.state.hub.metrics.rate_limited.inc();
                 if tell {
@@ -276,10 +284,17 @@ impl WsSession {
                         ServerMessage::error("rate_limited", "Too many messages; slow down"),
                     );
                 }
-                return;
+                false
             }
-            Verdict::Close => return self.close(ctx, CloseCode::Policy, "Message rate far over the limit"),
+            Verdict::Close => {
+                self.close(ctx, CloseCode::Policy, "Message rate far over the limit");
+                false
+            }
         }
+    }
+
+    /// One complete text message from the client.
+    fn on_text(&mut self, raw: &str, ctx: &mut Ctx) {
         let message = match Inbound::parse(raw) {
             Inbound::Message(message) => message,
             Inbound::NotJson => return self.reply(ctx, seed_error("Invalid JSON".into())),
@@ -692,6 +707,11 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
             Ok(frame) => frame,
             Err(error) => return self.on_protocol_error(error, ctx),
         };
+        // A fragmented message is counted once it is whole (below).
+        let whole = !matches!(frame, WsFrame::Continuation(_) | WsFrame::Close(_));
+        if whole && !self.within_rate(ctx) {
+            return;
+        }
         match frame {
             WsFrame::Ping(payload) => self.send(socket::control(OpCode::Pong, &payload), ctx),
             WsFrame::Pong(_) => {}
@@ -702,6 +722,7 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
             WsFrame::Binary(_) => self.reply(ctx, seed_error("Binary messages are not supported".into())),
             WsFrame::Continuation(item) => match self.fragments.push(item) {
                 Reassembled::Pending => {}
+                Reassembled::Text(_) | Reassembled::Binary(_) if !self.within_rate(ctx) => {}
                 Reassembled::Text(bytes) => match std::str::from_utf8(&bytes) {
                     Ok(raw) => self.on_text(raw, ctx),
                     Err(_) => self.close(ctx, CloseCode::Invalid, "Text is not UTF-8"),

@@ -162,3 +162,119 @@ async fn password_guessing_is_throttled_per_account() {
         .await
         .expect_error(429, "too_many_attempts");
 }
+
+/// Pings and binary frames count against the rate limit like any message: a flood of them is
+/// told `rate_limited`, and not every ping gets its pong.
+#[actix_web::test]
+async fn pings_and_binary_frames_count_against_the_rate_limit() {
+    use tokio_tungstenite::tungstenite::Message;
+    let app = crate::helpers::spawn_app_with(|s| s.rate_limit = 5).await;
+    for flood in [Message::Ping(vec![1].into()), Message::Binary(vec![1, 2, 3].into())] {
+        let mut client = crate::wsclient::Client::connect(&app, "/ws").await;
+        assert_eq!(client.next_json().await["type"], "connection_established");
+        for _ in 0..60 {
+            client.send(flood.clone()).await;
+        }
+        // Unlimited, the flood gets only pongs and seed errors (never `rate_limited`), and this
+        // waits out the client's patience and fails.
+        loop {
+            let message = client.next().await;
+            assert!(message.get("close").is_none(), "{flood:?}: closed before being told");
+            if message["code"] == "rate_limited" {
+                break;
+            }
+        }
+    }
+}
+
+/// Past `SWAPCAST_MAX_CONNECTIONS_PER_IP` a WebSocket is refused with 1013 (its only frame); a
+/// connection that ends gives its place back.
+#[actix_web::test]
+async fn connections_per_address_are_bounded() {
+    use crate::wsclient::Client;
+    let app = crate::helpers::spawn_app_with(|s| s.max_connections_per_ip = 2).await;
+    let mut first = Client::connect(&app, "/ws/stations/").await;
+    assert_eq!(first.next_json().await["type"], "connection_established");
+    let mut second = Client::connect(&app, "/ws").await;
+    assert_eq!(second.next_json().await["type"], "connection_established");
+    let mut third = Client::connect(&app, "/ws").await;
+    assert_eq!(third.next().await["close"], 1013, "the Close is the only frame");
+    // The first one leaves (a close handshake); its place comes back once its session ends.
+    first.send(tokio_tungstenite::tungstenite::Message::Close(None)).await;
+    first.close_code().await;
+    let mut admitted = false;
+    for _ in 0..100 {
+        let mut again = Client::connect(&app, "/ws").await;
+        if again.next().await["type"] == "connection_established" {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the place was never given back");
+}
+
+/// A signing secret too short to resist an offline guess is refused at start, with a message
+/// that says what to do.
+#[test]
+fn a_short_jwt_secret_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_swapcast"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("s.db").display()),
+        )
+        .env("SWAPCAST_BIND", "127.0.0.1:0")
+        .env("SWAPCAST_JWT_SECRET", "too-short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("at least 32"), "{said}");
+}
+
+/// NATS credentials in `SWAPCAST_NATS_URL` never reach the log.
+#[test]
+fn nats_credentials_are_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("n.db").display());
+    // Nothing listens on port 9: the node serves and says it is still connecting.
+    let server =
+        crate::helpers::ChildServer::start_with(&url, &[("SWAPCAST_NATS_URL", "nats://svc:hunter2@127.0.0.1:9")]);
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("backplane not connected yet"), "{logs}");
+    assert!(logs.contains("svc@127.0.0.1:9"), "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+}
+
+/// A body that trickles in is cut off (408) rather than holding a connection open for ever.
+#[actix_web::test]
+async fn a_body_that_never_arrives_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /api/auth/login HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"email\":"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&answer).contains("request_timeout") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 30 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use swapcast::config::Settings;
 use swapcast::startup::{self, Application};
 
-pub const JWT_SECRET: &str = "test-secret-not-for-production";
+pub const JWT_SECRET: &str = "test-secret-not-for-production-0123456789";
 pub const PASSWORD: &str = "correct horse battery";
 
 /// A fresh database for one test, dropped with it.
