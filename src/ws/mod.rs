@@ -15,6 +15,9 @@
 
 mod actions;
 mod channels;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod frames;
 mod inbound;
 mod outlet;
 mod session;

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use super::actions;
 use super::channels::{self, Start};
-use super::inbound::{RateLimiter, Reassembled, Reassembly, Verdict};
+use super::frames::{self, Incoming};
+use super::inbound::{RateLimiter, Reassembly, Verdict};
 use super::outlet::{Need, Outlet};
 use super::socket::{self, Socket};
 use crate::auth::extract::authenticate;
@@ -509,14 +510,6 @@ impl WsSession {
         }));
     }
 
-    fn on_protocol_error(&mut self, error: ProtocolError, ctx: &mut Ctx) {
-        match error {
-            ProtocolError::Overflow => self.close(ctx, CloseCode::Size, "Frame too large"),
-            ProtocolError::Io(_) => ctx.stop(),
-            other => self.close(ctx, CloseCode::Protocol, &other.to_string()),
-        }
-    }
-
     /// A channel could not be joined: a seed connection closes, a `/ws` one is told and goes on.
     fn refused(&mut self, channel: Channel, error: Error, ctx: &mut Ctx) {
         // A catch-up that failed comes after the registration: take the watch back too.
@@ -703,41 +696,20 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
         if self.out().is_closing() {
             return;
         }
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => return self.on_protocol_error(error, ctx),
-        };
-        // A fragmented message is counted once it is whole (below).
-        let whole = !matches!(frame, WsFrame::Continuation(_) | WsFrame::Close(_));
-        if whole && !self.within_rate(ctx) {
+        let incoming = frames::classify(frame, &mut self.fragments);
+        // Every frame counts against the rate limit, a fragmented message once it is whole.
+        if incoming.counts() && !self.within_rate(ctx) {
             return;
         }
-        match frame {
-            WsFrame::Ping(payload) => self.send(socket::control(OpCode::Pong, &payload), ctx),
-            WsFrame::Pong(_) => {}
-            WsFrame::Text(bytes) => match std::str::from_utf8(&bytes) {
-                Ok(raw) => self.on_text(raw, ctx),
-                Err(_) => self.close(ctx, CloseCode::Invalid, "Text is not UTF-8"),
-            },
-            WsFrame::Binary(_) => self.reply(ctx, seed_error("Binary messages are not supported".into())),
-            WsFrame::Continuation(item) => match self.fragments.push(item) {
-                Reassembled::Pending => {}
-                Reassembled::Text(_) | Reassembled::Binary(_) if !self.within_rate(ctx) => {}
-                Reassembled::Text(bytes) => match std::str::from_utf8(&bytes) {
-                    Ok(raw) => self.on_text(raw, ctx),
-                    Err(_) => self.close(ctx, CloseCode::Invalid, "Text is not UTF-8"),
-                },
-                Reassembled::Binary(_) => self.reply(ctx, seed_error("Binary messages are not supported".into())),
-                Reassembled::TooBig => self.close(ctx, CloseCode::Size, "Message too large"),
-            },
+        match incoming {
+            Incoming::Ping(payload) => self.send(socket::control(OpCode::Pong, &payload), ctx),
+            Incoming::Pong | Incoming::Pending => {}
+            Incoming::Text(raw) => self.on_text(&raw, ctx),
+            Incoming::Binary(_) => self.reply(ctx, seed_error("Binary messages are not supported".into())),
             // Answer a client's Close with the same code, then send nothing more.
-            WsFrame::Close(reason) => {
-                let echo = reason.map(|r| CloseReason {
-                    code: r.code,
-                    description: None,
-                });
-                self.close_as(echo, false, ctx)
-            }
+            Incoming::Closed(echo) => self.close_as(echo, false, ctx),
+            Incoming::Refuse(code, reason) => self.close(ctx, code, reason),
+            Incoming::Broken => ctx.stop(),
         }
     }
 
