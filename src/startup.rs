@@ -186,8 +186,9 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
     }
     let writer = Writer::start(&settings.database_url)?;
     let settings_login_attempts = settings.login_attempts;
-    // One Argon2 hash per core at a time: more would only queue inside the blocking pool.
-    let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Argon2 hashes on at most half the cores, so a flood of sign-ins leaves the rest to
+    // requests that need no hash.
+    let hashers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
     Ok(AppState {
         pool,
         writer,

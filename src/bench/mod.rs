@@ -38,6 +38,9 @@ pub enum Workload {
     Churn(ChurnArgs),
     /// Concurrent REST bookings by many drivers; bookings per second with their events delivered.
     Bookings(BookingsArgs),
+    /// A flood of concurrent sign-ins: server memory, and how much slower a request that needs
+    /// no password hash gets meanwhile.
+    Signins(SigninsArgs),
     /// The reference server itself (the bench starts it; not for people).
     #[command(hide = true)]
     BaselineServe,
@@ -65,6 +68,16 @@ pub struct BookingsArgs {
     /// Stations the batteries and bookings are spread over (a network, not one giant station).
     #[arg(long, default_value_t = 100)]
     pub stations: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SigninsArgs {
+    /// Sign-in attempts in flight at once (wrong passwords for unknown accounts).
+    #[arg(long, default_value_t = 500)]
+    pub concurrency: usize,
+    /// How long the flood lasts, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +130,7 @@ pub fn run(workload: Workload) -> anyhow::Result<()> {
         Workload::Idle(args) => runtime.block_on(idle(args)),
         Workload::Churn(args) => runtime.block_on(churn(args)),
         Workload::Bookings(args) => runtime.block_on(bookings(args)),
+        Workload::Signins(args) => runtime.block_on(signins(args)),
         Workload::BaselineServe => runtime.block_on(baseline::serve()),
     }
 }
@@ -814,6 +828,97 @@ async fn count_until_quiet(
             _ => return seen,
         }
     }
+}
+
+/// `GET /api/stations` latencies (µs) until `stop`, one request after another.
+async fn read_latencies(http: reqwest::Client, url: String, stop: Instant) -> anyhow::Result<Vec<u64>> {
+    let mut samples = Vec::new();
+    while Instant::now() < stop {
+        let started = Instant::now();
+        http.get(&url).send().await?.error_for_status()?.bytes().await?;
+        samples.push(started.elapsed().as_micros() as u64);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(samples)
+}
+
+async fn signins(args: SigninsArgs) -> anyhow::Result<()> {
+    if !(1..=5_000).contains(&args.concurrency) || !(1..=600).contains(&args.seconds) {
+        bail!("concurrency must be 1..=5000, seconds 1..=600");
+    }
+    // No throttle: every attempt is for another unknown account, so each costs a hash.
+    let server = BenchServer::start(&[("SWAPCAST_LOGIN_ATTEMPTS", "0".into())])?;
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let stations = format!("{base}/api/stations");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let rss_idle = rss_kib(server.pid())?;
+    let idle =
+        summarize(read_latencies(http.clone(), stations.clone(), Instant::now() + Duration::from_secs(3)).await?);
+
+    let stop = Instant::now() + Duration::from_secs(args.seconds);
+    let peak = Arc::new(Mutex::new(rss_idle));
+    let sampler = {
+        let (peak, pid) = (peak.clone(), server.pid());
+        tokio::spawn(async move {
+            while Instant::now() < stop {
+                if let Ok(rss) = rss_kib(pid) {
+                    let mut peak = peak.lock().unwrap_or_else(|p| p.into_inner());
+                    *peak = (*peak).max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let answers = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, usize>::new()));
+    let flood = (0..args.concurrency).map(|i| {
+        let (http, base, answers) = (http.clone(), base.clone(), answers.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                let body = json!({"email": format!("flood{i}-{n}@bench.local"), "password": "not the password"});
+                n += 1;
+                let status = match http.post(format!("{base}/api/auth/login")).json(&body).send().await {
+                    Ok(reply) => reply.status().as_u16(),
+                    Err(_) => 0,
+                };
+                *answers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(status)
+                    .or_default() += 1;
+            }
+        })
+    });
+    let flood: Vec<_> = flood.collect();
+    let during = summarize(read_latencies(http.clone(), stations, stop).await?);
+    for task in flood {
+        task.await?;
+    }
+    sampler.await?;
+    let peak = *peak.lock().unwrap_or_else(|p| p.into_inner());
+    let answers = answers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    println!(
+        "signins: {} concurrent for {} s; answers by status {answers:?} (0 = no answer within 30 s)",
+        args.concurrency, args.seconds
+    );
+    println!(
+        "  server RSS     idle {} KiB, peak during the flood {} KiB",
+        rss_idle, peak
+    );
+    println!(
+        "  GET /api/stations  idle p50 {:.2} ms p99 {:.2} ms; during p50 {:.2} ms p99 {:.2} ms ({} requests)",
+        ms(idle.p50),
+        ms(idle.p99),
+        ms(during.p50),
+        ms(during.p99),
+        during.count
+    );
+    println!(
+        "  ratio (during / idle)  p50 {:.2}  p99 {:.2}   target: within 2x",
+        during.p50 as f64 / idle.p50.max(1) as f64,
+        during.p99 as f64 / idle.p99.max(1) as f64
+    );
+    Ok(())
 }
 
 #[cfg(test)]

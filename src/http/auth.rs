@@ -39,8 +39,7 @@ async fn register(state: web::Data<AppState>, body: Body<RegisterRequest>) -> Re
     let email = Email::parse(&input.email)?;
     let display_name = DisplayName::parse(&input.display_name)?;
     let password = Password::parse(input.password)?;
-    let _turn = state.login.hashing_turn().await?;
-    let password_hash = web::block(move || password::hash(&password)).await??;
+    let password_hash = state.login.hash(move || password::hash(&password)).await??;
     let registration = Registration {
         email,
         display_name,
@@ -66,9 +65,9 @@ async fn login(state: web::Data<AppState>, req: HttpRequest, body: Body<LoginReq
     // A throttled account is refused before any hash is spent, the right password too.
     state.login.check(&account)?;
     let user = state.read(move |conn| users::find_by_email(conn, &email)).await?;
-    let checked = {
-        let _turn = state.login.hashing_turn().await?;
-        web::block(move || match user {
+    let checked = state
+        .login
+        .hash(move || match user {
             Some(user) if password::verify(&password, &user.password_hash) => Ok(user),
             Some(_) => Err(Error::InvalidCredentials),
             None => {
@@ -76,8 +75,7 @@ async fn login(state: web::Data<AppState>, req: HttpRequest, body: Body<LoginReq
                 Err(Error::InvalidCredentials)
             }
         })
-        .await?
-    };
+        .await?;
     let user = match checked {
         Ok(user) => {
             state.login.succeeded(&account);
