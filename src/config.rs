@@ -35,6 +35,8 @@ pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
 pub const DEFAULT_SEND_QUEUE: usize = 1024;
+/// Seconds a closed WebSocket waits for its client to read the Close and hang up.
+pub const DEFAULT_CLOSE_LINGER_SECS: u64 = 2;
 /// Failed sign-ins for one account within 15 minutes before its sign-ins are refused (429).
 pub const DEFAULT_LOGIN_ATTEMPTS: u32 = 10;
 
@@ -126,6 +128,10 @@ pub struct Settings {
     )]
     pub max_connections_per_ip: usize,
 
+    /// Seconds.
+    #[arg(long = "close-linger", env = "SWAPCAST_CLOSE_LINGER", default_value_t = DEFAULT_CLOSE_LINGER_SECS, global = true)]
+    pub close_linger: u64,
+
     /// Messages.
     #[arg(long = "send-queue", env = "SWAPCAST_SEND_QUEUE", default_value_t = DEFAULT_SEND_QUEUE, global = true)]
     pub send_queue: usize,
@@ -163,6 +169,7 @@ impl Default for Settings {
             rate_limit: DEFAULT_RATE_LIMIT_PER_SEC,
             send_queue: DEFAULT_SEND_QUEUE,
             login_attempts: DEFAULT_LOGIN_ATTEMPTS,
+            close_linger: DEFAULT_CLOSE_LINGER_SECS,
             max_connections_per_ip: 0,
             db_pool_size: None,
             node_id: None,

@@ -93,6 +93,7 @@ async fn open(state: web::Data<AppState>, req: HttpRequest, seed: Option<Channel
         max_message: settings.max_frame,
         rate_per_sec: settings.rate_limit,
         send_queue: settings.send_queue.max(1),
+        close_linger: std::time::Duration::from_secs(settings.close_linger),
     };
     let place = match req.peer_addr() {
         Some(peer) => PerIp::take(&state.hub.per_ip, peer.ip(), settings.max_connections_per_ip),

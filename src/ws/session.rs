@@ -37,8 +37,6 @@ use crate::state::AppState;
 const MISSED_HEARTBEATS: u32 = 3;
 /// On `/ws`, how long before a token's `exp` the client is told `token_expiring` (at most).
 const TOKEN_EXPIRING_LEAD_SECS: u64 = 60;
-/// How long a closing session waits for its Close frame to go out and the client to hang up.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// The limits a session enforces, from the settings.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +45,9 @@ pub struct Limits {
     pub max_message: usize,
     pub rate_per_sec: u32,
     pub send_queue: usize,
+    /// How long a closing session waits for its Close frame to go out and the client to hang up
+    /// (`SWAPCAST_CLOSE_LINGER`); a client that hangs up ends it sooner.
+    pub close_linger: Duration,
 }
 
 /// Which protocol the connection speaks.
@@ -207,10 +208,10 @@ impl WsSession {
     }
 
     /// Sends Close after what is queued (after the frame under way only, if `drop_unsent`), then
-    /// FIN; the session ends when the client hangs up too, or after [`CLOSE_LINGER`].
+    /// FIN; the session ends when the client hangs up too, or after the close linger.
     fn close_as(&mut self, reason: Option<CloseReason>, drop_unsent: bool, ctx: &mut Ctx) {
         if self.out().close(reason, drop_unsent) {
-            ctx.run_later(CLOSE_LINGER, |_, ctx| ctx.stop());
+            ctx.run_later(self.limits.close_linger, |_, ctx| ctx.stop());
         }
         self.attend(ctx);
     }

@@ -201,7 +201,10 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("stuck.db").display());
     create_admin_cli(&url, "stuck@swapcast.test");
-    let server = ChildServer::start(&url);
+    // The server waits a minute (not two seconds) for the cut-off client to read its Close and
+    // hang up: the client below starts reading the moment it is cut off, well within that, so
+    // nothing here races the linger.
+    let server = ChildServer::start_with(&url, &[("SWAPCAST_CLOSE_LINGER", "60")]);
     let admin = ChildAdmin::sign_in(&server, "stuck@swapcast.test").await;
     let station = admin.station("S").await;
     let feed = format!("ws://127.0.0.1:{}/ws/stations/{station}", server.port);
@@ -244,9 +247,8 @@ async fn a_stuck_reader_is_closed_with_1013_and_nobody_else_waits() {
         });
         join_all(workers).await;
     };
-    // The stuck client starts reading only once the server has cut it off (its metric says so),
-    // and right away: what the kernel still holds for it, then the Close. Reading later would
-    // race the server's close linger and the kernel's patience with an unread, closed socket.
+    // The stuck client starts reading once the server has cut it off (its metric says so): what
+    // the kernel still holds for it, then the Close — all within the minute's linger.
     let stuck_reader = async {
         let metrics = format!("{}/metrics", server.address());
         loop {
