@@ -29,9 +29,26 @@ const HASH_RETRY_AFTER_SECS: u64 = 1;
 /// Accounts whose failures are remembered at once; past this, the oldest are forgotten first.
 const MAX_TRACKED: usize = 100_000;
 
+type Failures = HashMap<String, VecDeque<Instant>>;
+
+/// Makes room for one more account: forgets those whose attempts are all past the window, or
+/// else the one whose last attempt is oldest.
+fn forget_oldest(failures: &mut Failures, now: Instant) {
+    failures.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < ATTEMPT_WINDOW));
+    if failures.len() >= MAX_TRACKED {
+        let oldest = failures
+            .iter()
+            .min_by_key(|(_, times)| times.back().copied())
+            .map(|(email, _)| email.clone());
+        if let Some(oldest) = oldest {
+            failures.remove(&oldest);
+        }
+    }
+}
+
 pub struct LoginGuard {
-    /// Failed sign-ins per email (lowercase), oldest first, within the window.
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Attempts per email (lowercase), oldest first, within the window.
+    failures: Mutex<Failures>,
     /// `SWAPCAST_LOGIN_ATTEMPTS`; 0 = no throttle.
     attempts: u32,
     hashing: Semaphore,
@@ -69,61 +86,52 @@ impl LoginGuard {
         }
     }
 
-    /// Refuses a sign-in for an account with too many recent failures — whatever the password,
-    /// so guessing on cannot tell a right one from a wrong one — with how long to wait.
-    pub fn check(&self, email: &str) -> Result<()> {
-        self.check_at(email, Instant::now())
+    /// Takes one of the account's attempts before its password is checked, or refuses the
+    /// sign-in — the right password too, so guessing on cannot tell a right one from a wrong
+    /// one — with how long to wait. Taking the attempt first is what holds the limit under
+    /// concurrency: sign-ins waiting for a hashing turn have all counted already. A sign-in that
+    /// never got its password checked gives the attempt back ([`release`](Self::release)); a
+    /// wrong password keeps it; a right one clears the account ([`succeeded`](Self::succeeded)).
+    pub fn reserve(&self, email: &str) -> Result<Instant> {
+        let now = Instant::now();
+        self.reserve_at(email, now)?;
+        Ok(now)
     }
 
-    fn check_at(&self, email: &str, now: Instant) -> Result<()> {
+    fn reserve_at(&self, email: &str, now: Instant) -> Result<()> {
         if self.attempts == 0 {
             return Ok(());
-        }
-        let mut failures = self.lock();
-        let Some(times) = failures.get_mut(email) else {
-            return Ok(());
-        };
-        while times.front().is_some_and(|t| now.duration_since(*t) >= ATTEMPT_WINDOW) {
-            times.pop_front();
-        }
-        if times.len() < self.attempts as usize {
-            return Ok(());
-        }
-        // Free again once the oldest counted failure leaves the window.
-        let oldest = *times.front().expect("at least `attempts` failures");
-        let wait = ATTEMPT_WINDOW.saturating_sub(now.duration_since(oldest));
-        Err(Error::TooManyAttempts {
-            retry_after_secs: wait.as_secs().max(1),
-        })
-    }
-
-    pub fn failed(&self, email: &str) {
-        self.failed_at(email, Instant::now());
-    }
-
-    fn failed_at(&self, email: &str, now: Instant) {
-        if self.attempts == 0 {
-            return;
         }
         let mut failures = self.lock();
         if failures.len() >= MAX_TRACKED && !failures.contains_key(email) {
-            failures.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < ATTEMPT_WINDOW));
-            if failures.len() >= MAX_TRACKED {
-                // Still full of live entries: forget the one whose last failure is oldest.
-                let oldest = failures
-                    .iter()
-                    .min_by_key(|(_, times)| times.back().copied())
-                    .map(|(email, _)| email.clone());
-                if let Some(oldest) = oldest {
-                    failures.remove(&oldest);
-                }
-            }
+            forget_oldest(&mut failures, now);
         }
         let times = failures.entry(email.to_owned()).or_default();
-        times.push_back(now);
-        // Only the newest `attempts` matter.
-        while times.len() > self.attempts as usize {
+        while times.front().is_some_and(|t| now.duration_since(*t) >= ATTEMPT_WINDOW) {
             times.pop_front();
+        }
+        if times.len() >= self.attempts as usize {
+            // Free again once the oldest counted attempt leaves the window.
+            let oldest = *times.front().expect("at least `attempts` attempts");
+            let wait = ATTEMPT_WINDOW.saturating_sub(now.duration_since(oldest));
+            return Err(Error::TooManyAttempts {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+        times.push_back(now);
+        Ok(())
+    }
+
+    /// Gives back an attempt whose password was never checked (no hashing turn, no database).
+    pub fn release(&self, email: &str, at: Instant) {
+        let mut failures = self.lock();
+        if let Some(times) = failures.get_mut(email) {
+            if let Some(i) = times.iter().position(|t| *t == at) {
+                times.remove(i);
+            }
+            if times.is_empty() {
+                failures.remove(email);
+            }
         }
     }
 
@@ -158,7 +166,7 @@ impl LoginGuard {
             .map_err(|_| Error::Internal(anyhow::anyhow!("a password hash was dropped")))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Instant>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
         self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -172,33 +180,45 @@ mod tests {
         let guard = LoginGuard::new(3, 1);
         let start = Instant::now();
         for i in 0..3 {
-            assert!(guard.check_at("a@x.test", start).is_ok(), "attempt {i}");
-            guard.failed_at("a@x.test", start + Duration::from_secs(i));
+            assert!(
+                guard.reserve_at("a@x.test", start + Duration::from_secs(i)).is_ok(),
+                "attempt {i}"
+            );
         }
         let Err(Error::TooManyAttempts { retry_after_secs }) =
-            guard.check_at("a@x.test", start + Duration::from_secs(10))
+            guard.reserve_at("a@x.test", start + Duration::from_secs(10))
         else {
             panic!("the fourth attempt is refused");
         };
         assert_eq!(retry_after_secs, ATTEMPT_WINDOW.as_secs() - 10);
         // Others are not affected; the window passing frees the account.
-        assert!(guard.check_at("b@x.test", start).is_ok());
-        assert!(guard.check_at("a@x.test", start + ATTEMPT_WINDOW).is_ok());
+        assert!(guard.reserve_at("b@x.test", start).is_ok());
+        assert!(guard.reserve_at("a@x.test", start + ATTEMPT_WINDOW).is_ok());
     }
 
     #[test]
-    fn success_starts_afresh_and_zero_means_no_throttle() {
-        let guard = LoginGuard::new(2, 1);
+    fn attempts_count_when_taken_so_concurrent_guesses_cannot_pass_the_limit() {
+        let guard = LoginGuard::new(3, 1);
+        // Ten sign-ins arrive together, none checked yet: only three may go on to a hash.
         let now = Instant::now();
-        guard.failed_at("a@x.test", now);
+        let admitted = (0..10).filter(|_| guard.reserve_at("a@x.test", now).is_ok()).count();
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn unchecked_attempts_are_given_back_and_success_starts_afresh() {
+        let guard = LoginGuard::new(2, 1);
+        let first = guard.reserve("a@x.test").unwrap();
+        guard.release("a@x.test", first);
+        guard.reserve("a@x.test").unwrap();
+        guard.reserve("a@x.test").unwrap();
+        assert!(guard.reserve("a@x.test").is_err());
         guard.succeeded("a@x.test");
-        guard.failed_at("a@x.test", now);
-        assert!(guard.check_at("a@x.test", now).is_ok());
+        assert!(guard.reserve("a@x.test").is_ok());
         let open = LoginGuard::new(0, 1);
         for _ in 0..100 {
-            open.failed_at("a@x.test", now);
+            assert!(open.reserve("a@x.test").is_ok());
         }
-        assert!(open.check_at("a@x.test", now).is_ok());
     }
 
     #[tokio::test]

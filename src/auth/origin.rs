@@ -7,12 +7,22 @@ use actix_web::http::Method;
 use actix_web::HttpRequest;
 
 /// Whether `origin` (`scheme://host[:port]`) is this server's own or an allowed one.
+/// The host is the request's own `Host` header — never `X-Forwarded-Host` or `Forwarded`, which a
+/// client could set: behind a proxy that rewrites `Host`, list the public origin in
+/// `SWAPCAST_ALLOWED_ORIGINS`.
 fn is_trusted(req: &HttpRequest, origin: &str, allowed: &[String]) -> bool {
     let origin = origin.trim_end_matches('/');
-    let info = req.connection_info();
-    let own_http = format!("http://{}", info.host());
-    let own_https = format!("https://{}", info.host());
-    origin == own_http || origin == own_https || allowed.iter().any(|a| a.trim_end_matches('/') == origin)
+    let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+    let own = host.is_some_and(|host| origin == format!("http://{host}") || origin == format!("https://{host}"));
+    own || allowed.iter().any(|a| a.trim_end_matches('/') == origin)
+}
+
+/// A browser request from an untrusted page: it says where it comes from (`Origin`, or lacking
+/// one `Referer`), and that is neither this server nor an allowed origin. Requests that say
+/// nothing (scripts, command-line clients) are not cross-site.
+pub fn from_another_site(req: &HttpRequest, allowed: &[String]) -> bool {
+    let says = req.headers().contains_key("origin") || req.headers().contains_key("referer");
+    says && !write_allowed(req, allowed)
 }
 
 /// A cookie-authenticated WebSocket: without an `Origin` it is not a browser, and nothing could
@@ -114,6 +124,27 @@ mod tests {
         ));
         assert!(!write_allowed(
             &with(Method::DELETE, &[("referer", h("not a url"))]),
+            &allowed
+        ));
+        // Forwarding headers a client can set do not make another origin this server's.
+        let forwarded = [
+            ("origin", h("http://evil.example")),
+            ("x-forwarded-host", h("evil.example")),
+        ];
+        assert!(!write_allowed(&with(Method::POST, &forwarded), &allowed));
+        let forwarded = [
+            ("origin", h("http://evil.example")),
+            ("forwarded", h("host=evil.example")),
+        ];
+        assert!(!write_allowed(&with(Method::POST, &forwarded), &allowed));
+        // Sign-in and sign-out from another site; a script that says nothing is not one.
+        assert!(from_another_site(
+            &with(Method::POST, &[("origin", h("http://evil.example"))]),
+            &allowed
+        ));
+        assert!(!from_another_site(&with(Method::POST, &[]), &allowed));
+        assert!(!from_another_site(
+            &with(Method::POST, &[("origin", h("http://swap.example"))]),
             &allowed
         ));
     }

@@ -121,6 +121,27 @@ pub fn connect(database_url: &str, size: Option<u32>) -> anyhow::Result<Pool> {
 /// The URL without its credentials, for messages and logs (database and NATS URLs alike): a
 /// password goes; a user part without one may itself be the secret (a NATS token), so it goes too.
 pub fn redact(url: &str) -> String {
+    // Several servers in one NATS URL: each on its own.
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
+    // Credentials in the query string (`?password=…`, `sslpassword`, `token`) go too.
+    if let Some((base, query)) = url.split_once('?') {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _))
+                    if ["pass", "token", "secret", "key"]
+                        .iter()
+                        .any(|s| key.to_ascii_lowercase().contains(s)) =>
+                {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        return format!("{}?{}", redact(base), masked.join("&"));
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -291,5 +312,13 @@ mod tests {
         assert_eq!(redact("nats://svc:s3cret@nats:4222"), "nats://svc@nats:4222");
         // A token as the whole user part is a credential too.
         assert_eq!(redact("nats://s3cr3t-token@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(
+            redact("postgresql://db/x?user=u&password=s3cret&sslmode=require"),
+            "postgresql://db/x?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("nats://a:pw@n1:4222,nats://b:pw2@n2:4222"),
+            "nats://a@n1:4222,nats://b@n2:4222"
+        );
     }
 }

@@ -58,31 +58,46 @@ struct LoginRequest {
 }
 
 async fn login(state: web::Data<AppState>, req: HttpRequest, body: Body<LoginRequest>) -> Result<HttpResponse> {
+    // Setting the session cookie from another site would sign the browser into the attacker's
+    // account (login CSRF).
+    let wants_cookie = body::query(&req)?
+        .get("cookie")
+        .is_some_and(|v| v == "true" || v == "1");
+    if wants_cookie && origin::from_another_site(&req, &state.settings.allowed_origins) {
+        return Err(Error::CrossSiteRequest);
+    }
     let LoginRequest { email, password } = body.value;
     // A malformed email cannot belong to anyone: the same answer as a wrong password.
     let email = Email::parse(&email).map_err(|_| Error::InvalidCredentials)?;
     let account = email.as_str().to_owned();
-    // A throttled account is refused before any hash is spent, the right password too.
-    state.login.check(&account)?;
-    let user = state.read(move |conn| users::find_by_email(conn, &email)).await?;
-    let checked = state
-        .login
-        .hash(move || match user {
-            Some(user) if password::verify(&password, &user.password_hash) => Ok(user),
-            Some(_) => Err(Error::InvalidCredentials),
-            None => {
-                password::waste_verification(&password);
-                Err(Error::InvalidCredentials)
-            }
-        })
-        .await?;
+    // A throttled account is refused before any hash is spent, the right password too; the
+    // attempt counts from here, so sign-ins waiting for a hash cannot pass the limit together.
+    let attempt = state.login.reserve(&account)?;
+    let checked = async {
+        let user = state.read(move |conn| users::find_by_email(conn, &email)).await?;
+        state
+            .login
+            .hash(move || match user {
+                Some(user) if password::verify(&password, &user.password_hash) => Ok(user),
+                Some(_) => Err(Error::InvalidCredentials),
+                None => {
+                    password::waste_verification(&password);
+                    Err(Error::InvalidCredentials)
+                }
+            })
+            .await
+    }
+    .await;
     let user = match checked {
-        Ok(user) => {
+        Ok(Ok(user)) => {
             state.login.succeeded(&account);
             user
         }
+        // A wrong password: the attempt stays counted.
+        Ok(Err(e)) => return Err(e),
+        // The password was never checked (no turn to hash, no database): no attempt was spent.
         Err(e) => {
-            state.login.failed(&account);
+            state.login.release(&account, attempt);
             return Err(e);
         }
     };
@@ -91,10 +106,7 @@ async fn login(state: web::Data<AppState>, req: HttpRequest, body: Body<LoginReq
         .read(move |conn| db::write(conn, |conn| sessions::start(conn, &keys, ttl, user, now_ms())))
         .await?;
     let mut response = HttpResponse::Ok();
-    if body::query(&req)?
-        .get("cookie")
-        .is_some_and(|v| v == "true" || v == "1")
-    {
+    if wants_cookie {
         response.cookie(session_cookie(&session.access_token, state.keys.access_ttl));
     }
     Ok(response.json(session))
@@ -146,6 +158,10 @@ struct LogoutRequest {
 /// Only `?all=true` looks at the caller's access token: a logout by refresh token works with an
 /// expired (or no, or a bad) access token, which is when clients often log out.
 async fn logout(state: web::Data<AppState>, req: HttpRequest, body: Body<LogoutRequest>) -> Result<HttpResponse> {
+    // Clearing the session cookie from another site would sign a dashboard out.
+    if req.cookie(COOKIE_NAME).is_some() && origin::from_another_site(&req, &state.settings.allowed_origins) {
+        return Err(Error::CrossSiteRequest);
+    }
     let all = body::query(&req)?.get("all").is_some_and(|v| v == "true" || v == "1");
     let presented = body.value.refresh_token;
     let everywhere = if all {

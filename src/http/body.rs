@@ -46,7 +46,8 @@ async fn read_limited(mut payload: Payload) -> Result<Bytes> {
     let read = async {
         let mut buf = BytesMut::new();
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| Error::MalformedJson(e.to_string()))?;
+            // The transport's own words (actix's payload errors) are not for clients.
+            let chunk = chunk.map_err(|_| Error::MalformedJson("the body could not be read".into()))?;
             if buf.len() + chunk.len() > MAX_BODY_BYTES {
                 return Err(Error::PayloadTooLarge);
             }

@@ -55,6 +55,7 @@ pub fn classify(frame: Result<WsFrame, ProtocolError>, fragments: &mut Reassembl
             Reassembled::Text(bytes) => text(bytes),
             Reassembled::Binary(bytes) => Incoming::Binary(bytes),
             Reassembled::TooBig => Incoming::Refuse(CloseCode::Size, "Message too large"),
+            Reassembled::TooManyFragments => Incoming::Refuse(CloseCode::Policy, "Too many fragments"),
         },
         WsFrame::Close(reason) => Incoming::Closed(reason.map(|r| CloseReason {
             code: r.code,

@@ -15,7 +15,13 @@ pub enum Reassembled {
     Binary(Bytes),
     /// Over the size limit: the connection closes with 1009.
     TooBig,
+    /// More fragments than a message of the size limit needs: the connection closes with 1008
+    /// (empty fragments would otherwise never reach the size limit, nor the rate limit).
+    TooManyFragments,
 }
+
+/// The fewest bytes a fragment carries on average before a message counts as a fragment flood.
+const MIN_AVERAGE_FRAGMENT: usize = 64;
 
 /// Continuation frames collected into one message. The codec already refuses frames out of order
 /// (a continuation without a start, a new message inside a fragmented one), so this only collects
@@ -24,6 +30,9 @@ pub struct Reassembly {
     text: bool,
     buf: BytesMut,
     max: usize,
+    /// Fragments of the message under way, and how many one message may have.
+    fragments: usize,
+    max_fragments: usize,
 }
 
 impl Reassembly {
@@ -32,6 +41,8 @@ impl Reassembly {
             text: false,
             buf: BytesMut::new(),
             max,
+            fragments: 0,
+            max_fragments: (max / MIN_AVERAGE_FRAGMENT).max(16),
         }
     }
 
@@ -40,16 +51,23 @@ impl Reassembly {
             Item::FirstText(chunk) => {
                 self.text = true;
                 self.buf.clear();
+                self.fragments = 0;
                 (chunk, false)
             }
             Item::FirstBinary(chunk) => {
                 self.text = false;
                 self.buf.clear();
+                self.fragments = 0;
                 (chunk, false)
             }
             Item::Continue(chunk) => (chunk, false),
             Item::Last(chunk) => (chunk, true),
         };
+        self.fragments += 1;
+        if self.fragments > self.max_fragments {
+            self.buf.clear();
+            return Reassembled::TooManyFragments;
+        }
         if self.buf.len() + chunk.len() > self.max {
             self.buf.clear();
             return Reassembled::TooBig;
@@ -151,6 +169,36 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_empty_fragments_is_cut_off() {
+        let mut r = Reassembly::new(64 * 1024);
+        assert_eq!(r.push(Item::FirstText(Bytes::new())), Reassembled::Pending);
+        let mut outcome = Reassembled::Pending;
+        for _ in 0..100_000 {
+            outcome = r.push(Item::Continue(Bytes::new()));
+            if outcome != Reassembled::Pending {
+                break;
+            }
+        }
+        assert_eq!(outcome, Reassembled::TooManyFragments);
+        // A message at the size limit in ordinary fragments is fine.
+        let mut r = Reassembly::new(64 * 1024);
+        assert_eq!(
+            r.push(Item::FirstText(Bytes::from(vec![b'a'; 1300]))),
+            Reassembled::Pending
+        );
+        for _ in 0..48 {
+            assert_eq!(
+                r.push(Item::Continue(Bytes::from(vec![b'a'; 1300]))),
+                Reassembled::Pending
+            );
+        }
+        assert!(matches!(
+            r.push(Item::Last(Bytes::from(vec![b'a'; 10]))),
+            Reassembled::Text(_)
+        ));
+    }
 
     #[test]
     fn fragments_are_joined_within_the_limit() {

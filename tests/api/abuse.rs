@@ -278,3 +278,95 @@ async fn a_body_that_never_arrives_times_out() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
 }
+
+/// Guesses sent together cannot pass the limit while they wait for a hash: each takes its attempt
+/// before its password is checked.
+#[actix_web::test]
+async fn concurrent_guesses_get_no_more_than_the_limit() {
+    let app = crate::helpers::spawn_app_with(|s| s.login_attempts = 3).await;
+    let victim = app.user("user").await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(30));
+    let guesses = (0..30).map(|i| {
+        let (app, email, barrier) = (&app, victim.email.clone(), barrier.clone());
+        async move {
+            barrier.wait().await;
+            app.post(
+                "/api/auth/login",
+                None,
+                json!({"email": email, "password": format!("guess {i}")}),
+            )
+            .await
+        }
+    });
+    let replies = futures_util::future::join_all(guesses).await;
+    let checked = replies.iter().filter(|r| r.status.as_u16() == 401).count();
+    assert!(checked <= 3, "{checked} passwords were checked; the limit is 3");
+    for reply in &replies {
+        assert!([401, 429, 503].contains(&reply.status.as_u16()), "{}", reply.body);
+    }
+    app.post(
+        "/api/auth/login",
+        None,
+        json!({"email": victim.email, "password": crate::helpers::PASSWORD}),
+    )
+    .await
+    .expect_error(429, "too_many_attempts");
+}
+
+/// Another site can neither sign a browser into an account (a cookie from `login?cookie=true`)
+/// nor sign a dashboard out by clearing its cookie.
+#[actix_web::test]
+async fn sign_in_and_sign_out_from_another_site_are_refused() {
+    let app = spawn_app().await;
+    let login = app
+        .client
+        .post(app.url("/api/auth/login?cookie=true"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"email": app.admin.email, "password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert!(login.headers().get("set-cookie").is_none());
+    TestApp::reply(login).await.expect_error(403, "cross_site_request");
+    let cookie = app.admin_cookie().await;
+    let (status, body) = with_cookie(
+        &app,
+        &cookie,
+        Method::POST,
+        "/api/auth/logout",
+        Some("http://evil.example"),
+        None,
+        Some(r#"{"refresh_token":"x"}"#),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+}
+
+/// A fragmented message of endless empty fragments is cut off (1008): empty fragments reach
+/// neither the size limit nor, one by one, the rate limit.
+#[actix_web::test]
+async fn a_flood_of_empty_fragments_is_closed() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    let mut client = crate::wsclient::Client::connect(&app, "/ws").await;
+    assert_eq!(client.next_json().await["type"], "connection_established");
+    client
+        .send(Message::Frame(Frame::message(
+            Vec::new(),
+            OpCode::Data(Data::Text),
+            false,
+        )))
+        .await;
+    for _ in 0..5_000 {
+        let fragment = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+        if futures_util::SinkExt::send(&mut client.socket, Message::Frame(fragment))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(client.close_code().await, Some(1008));
+}
