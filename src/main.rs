@@ -41,8 +41,12 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    // async-nats logs its server addresses, credentials included, at debug level and below: it is
+    // held at info whatever RUST_LOG says, so no log level can print SWAPCAST_NATS_URL's secrets.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("async_nats=info".parse().expect("a valid directive"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match cli.settings.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Human => logs.init(),
