@@ -23,6 +23,10 @@ diesel::table! {
         operator_id -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        available_batteries -> Integer,
+        booked_batteries -> Integer,
+        charging_batteries -> Integer,
+        total_batteries -> Integer,
     }
 }
 

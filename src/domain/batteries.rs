@@ -144,6 +144,7 @@ pub fn add(ch: &mut Change, actor: &Caller, station_id: StationId, input: &NewBa
             "serial_taken",
             "A battery with this serial already exists",
         ))?;
+    transition::battery_added(ch, &row)?;
     let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Add)?;
     ch.emit(
         Audience::Station(station_id),

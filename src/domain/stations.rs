@@ -1,17 +1,18 @@
 //! Stations: the network's places, their status, their operator, and their inventory counts.
 
-use diesel::dsl::count_star;
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 use serde::Serialize;
 
 use super::ids::{StationId, UserId};
-use super::values::{BatteryStatus, Role, StationStatus};
+use super::values::{Role, StationStatus};
 use super::{transition, users, Change, Listing, Page};
 use crate::auth::policy;
 use crate::auth::Caller;
 use crate::clock::serialize_iso;
 use crate::db::models::{NewStation, Station, StationChange};
-use crate::db::schema::{batteries, stations};
+use crate::db::schema::stations;
 use crate::db::DbConn;
 use crate::error::{Error, Result};
 use crate::events::{Audience, EventBody, Inventory, InventoryAction};
@@ -26,6 +27,8 @@ pub struct StationView {
     pub operator_id: Option<UserId>,
     #[serde(flatten)]
     pub inventory: Inventory,
+    /// Beside the seed's three counts: batteries on their chargers.
+    pub charging_batteries: i64,
     #[serde(serialize_with = "serialize_iso")]
     pub created_at: i64,
     #[serde(serialize_with = "serialize_iso")]
@@ -33,48 +36,34 @@ pub struct StationView {
 }
 
 impl StationView {
-    fn new(row: Station, inventory: Inventory) -> Result<StationView> {
+    pub fn new(row: Station) -> Result<StationView> {
         Ok(StationView {
+            inventory: counts_of(&row),
+            charging_batteries: row.charging_batteries.into(),
             id: StationId(row.id),
             status: StationStatus::from_db(&row.status)?,
             name: row.name,
             address: row.address,
             operator_id: row.operator_id.map(UserId),
-            inventory,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
     }
 }
 
-/// Counts batteries by status into the contract's three numbers.
-fn tally<'a>(rows: impl IntoIterator<Item = (&'a str, i64)>) -> Inventory {
-    let mut inventory = Inventory {
-        available_batteries: 0,
-        booked_batteries: 0,
-        total_batteries: 0,
-    };
-    for (status, n) in rows {
-        match status {
-            "available" => inventory.available_batteries += n,
-            "booked" => inventory.booked_batteries += n,
-            _ => {}
-        }
-        if status != BatteryStatus::Retired.as_str() && status != BatteryStatus::Collected.as_str() {
-            inventory.total_batteries += n;
-        }
+/// The counts the station's row carries (kept by `transition`, in the transaction of each change).
+fn counts_of(row: &Station) -> Inventory {
+    Inventory {
+        available_batteries: row.available_batteries.into(),
+        booked_batteries: row.booked_batteries.into(),
+        total_batteries: row.total_batteries.into(),
     }
-    inventory
 }
 
-/// The station's counts as of now (inside a transaction: including its own changes).
+/// The station's counts as of now (inside a transaction: including its own changes). One row by
+/// its key, however many batteries the station has.
 pub fn inventory(conn: &mut DbConn, station: StationId) -> Result<Inventory> {
-    let rows: Vec<(String, i64)> = batteries::table
-        .filter(batteries::station_id.eq(station.0))
-        .group_by(batteries::status)
-        .select((batteries::status, count_star()))
-        .load(conn)?;
-    Ok(tally(rows.iter().map(|(s, n)| (s.as_str(), *n))))
+    Ok(counts_of(&load(conn, station)?))
 }
 
 pub fn load(conn: &mut DbConn, id: StationId) -> Result<Station> {
@@ -107,65 +96,210 @@ pub fn operator_of(station: &Station) -> Option<UserId> {
 }
 
 pub fn get(conn: &mut DbConn, id: StationId) -> Result<StationView> {
-    let row = load(conn, id)?;
-    let inventory = inventory(conn, id)?;
-    StationView::new(row, inventory)
+    StationView::new(load(conn, id)?)
 }
 
-pub fn list(conn: &mut DbConn, page: Page) -> Result<Listing<StationView>> {
-    let mut query = stations::table
-        .select(Station::as_select())
-        .order(stations::id.asc())
-        .limit(page.fetch())
-        .into_boxed();
-    if let Some(after) = page.after {
-        query = query.filter(stations::id.gt(after));
+diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
+diesel::define_sql_function! {
+    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Text>, y: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// The orders `GET /stations` lists in (`?sort=`); each ends on the id, so a cursor is exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StationSort {
+    Id,
+    Name,
+    Available,
+    MostAvailable,
+}
+
+/// Where the previous page ended, in the order it was sorted by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum After {
+    Id(i64),
+    Name(String, i64),
+    Available(i64, i64),
+}
+
+/// A `GET /stations` request: filters, order, and page.
+#[derive(Clone, Debug)]
+pub struct StationQuery {
+    /// Lower-cased; name or address contains it.
+    pub q: Option<String>,
+    pub status: Option<StationStatus>,
+    pub available_min: Option<i64>,
+    pub sort: StationSort,
+    pub limit: i64,
+    after: Option<After>,
+}
+
+impl StationQuery {
+    /// Parses the query parameters; a bad one is a 422 naming it.
+    pub fn parse(query: &HashMap<String, String>) -> Result<StationQuery> {
+        let limit = Page::parse(query.get("limit").map(String::as_str), None)?.limit;
+        let sort = match query.get("sort").map(String::as_str) {
+            None | Some("") | Some("id") => StationSort::Id,
+            Some("name") => StationSort::Name,
+            Some("available") => StationSort::Available,
+            Some("-available") => StationSort::MostAvailable,
+            Some(_) => return Err(Error::field("sort", "must be one of name, available, -available")),
+        };
+        let status = match query.get("status").map(String::as_str) {
+            None | Some("") => None,
+            Some(raw) => Some(
+                StationStatus::from_db(raw)
+                    .map_err(|_| Error::field("status", "must be online, offline or maintenance"))?,
+            ),
+        };
+        let available_min = match query.get("available_min") {
+            None => None,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if n >= 0 => Some(n),
+                _ => return Err(Error::field("available_min", "must be a whole number, 0 or more")),
+            },
+        };
+        let q = query
+            .get("q")
+            .map(|q| q.trim().to_lowercase())
+            .filter(|q| !q.is_empty());
+        let after = match query.get("cursor").map(String::as_str) {
+            None | Some("") => None,
+            Some(raw) => Some(
+                After::parse(sort, raw)
+                    .ok_or_else(|| Error::field("cursor", "is not a cursor this server issued for this sort"))?,
+            ),
+        };
+        Ok(StationQuery {
+            q,
+            status,
+            available_min,
+            sort,
+            limit,
+            after,
+        })
     }
-    let mut rows: Vec<Station> = query.load(conn)?;
-    let next_cursor = if rows.len() as i64 > page.limit {
-        rows.truncate(page.limit as usize);
-        rows.last().map(|s| s.id.to_string())
+}
+
+impl After {
+    /// The cursor after `row` in `sort`'s order: the sort key and the id, so that a station
+    /// changed meanwhile neither repeats nor hides the rest of the list.
+    fn of(sort: StationSort, row: &Station) -> String {
+        use base64::Engine;
+        match sort {
+            StationSort::Id => row.id.to_string(),
+            StationSort::Name => format!(
+                "n.{}.{}",
+                row.id,
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&row.name)
+            ),
+            StationSort::Available => format!("a.{}.{}", row.available_batteries, row.id),
+            StationSort::MostAvailable => format!("d.{}.{}", row.available_batteries, row.id),
+        }
+    }
+
+    fn parse(sort: StationSort, raw: &str) -> Option<After> {
+        use base64::Engine;
+        let mut parts = raw.splitn(3, '.');
+        let (tag, first, second) = (parts.next()?, parts.next(), parts.next());
+        match (sort, tag, first, second) {
+            (StationSort::Id, id, None, None) => id.parse().ok().map(After::Id),
+            (StationSort::Name, "n", Some(id), Some(name)) => {
+                let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(name).ok()?;
+                Some(After::Name(String::from_utf8(name).ok()?, id.parse().ok()?))
+            }
+            (StationSort::Available, "a", Some(n), Some(id)) | (StationSort::MostAvailable, "d", Some(n), Some(id)) => {
+                Some(After::Available(n.parse().ok()?, id.parse().ok()?))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `%`, `_` and the escape itself match literally in a LIKE pattern.
+fn contains_pattern(q: &str) -> String {
+    let mut pattern = String::with_capacity(q.len() + 2);
+    pattern.push('%');
+    for c in q.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// A page of stations, filtered and sorted. Reads station rows only (their counts are on them):
+/// at most one pass over the stations, never over their batteries.
+pub fn list(conn: &mut DbConn, request: &StationQuery) -> Result<Listing<StationView>> {
+    let mut query = stations::table.select(Station::as_select()).into_boxed();
+    if let Some(q) = &request.q {
+        let pattern = contains_pattern(q);
+        query = query.filter(
+            lower(stations::name)
+                .like(pattern.clone())
+                .escape('\\')
+                .or(lower(coalesce(stations::address, "")).like(pattern).escape('\\')),
+        );
+    }
+    if let Some(status) = request.status {
+        query = query.filter(stations::status.eq(status.as_str()));
+    }
+    if let Some(min) = request.available_min {
+        let min = i32::try_from(min).unwrap_or(i32::MAX);
+        query = query.filter(stations::available_batteries.ge(min));
+    }
+    let available = |n: i64| i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX });
+    query = match &request.after {
+        None => query,
+        Some(After::Id(id)) => query.filter(stations::id.gt(*id)),
+        Some(After::Name(name, id)) => query.filter(
+            stations::name
+                .gt(name.clone())
+                .or(stations::name.eq(name.clone()).and(stations::id.gt(*id))),
+        ),
+        Some(After::Available(n, id)) if request.sort == StationSort::MostAvailable => query.filter(
+            stations::available_batteries
+                .lt(available(*n))
+                .or(stations::available_batteries
+                    .eq(available(*n))
+                    .and(stations::id.gt(*id))),
+        ),
+        Some(After::Available(n, id)) => query.filter(
+            stations::available_batteries
+                .gt(available(*n))
+                .or(stations::available_batteries
+                    .eq(available(*n))
+                    .and(stations::id.gt(*id))),
+        ),
+    };
+    query = match request.sort {
+        StationSort::Id => query.order(stations::id.asc()),
+        StationSort::Name => query.order((stations::name.asc(), stations::id.asc())),
+        StationSort::Available => query.order((stations::available_batteries.asc(), stations::id.asc())),
+        StationSort::MostAvailable => query.order((stations::available_batteries.desc(), stations::id.asc())),
+    };
+    let mut rows: Vec<Station> = query.limit(request.limit + 1).load(conn)?;
+    let next_cursor = if rows.len() as i64 > request.limit {
+        rows.truncate(request.limit as usize);
+        rows.last().map(|row| After::of(request.sort, row))
     } else {
         None
     };
     Ok(Listing {
-        items: with_inventory(conn, rows)?,
+        items: rows.into_iter().map(StationView::new).collect::<Result<_>>()?,
         next_cursor,
     })
 }
 
 /// Every station, for the snapshot of an all-stations subscription.
 pub fn all(conn: &mut DbConn) -> Result<Vec<StationView>> {
-    let rows = stations::table
+    stations::table
         .select(Station::as_select())
         .order(stations::id.asc())
-        .load(conn)?;
-    with_inventory(conn, rows)
-}
-
-/// Adds inventory counts to rows ordered by id, in one grouped query over their id range.
-fn with_inventory(conn: &mut DbConn, rows: Vec<Station>) -> Result<Vec<StationView>> {
-    let counts: Vec<(i64, String, i64)> = match (rows.first(), rows.last()) {
-        (Some(first), Some(last)) => batteries::table
-            .filter(
-                batteries::station_id
-                    .ge(first.id)
-                    .and(batteries::station_id.le(last.id)),
-            )
-            .group_by((batteries::station_id, batteries::status))
-            .select((batteries::station_id, batteries::status, count_star()))
-            .load(conn)?,
-        _ => Vec::new(),
-    };
-    rows.into_iter()
-        .map(|row| {
-            let id = row.id;
-            let of_station = counts
-                .iter()
-                .filter(|(station, _, _)| *station == id)
-                .map(|(_, s, n)| (s.as_str(), *n));
-            StationView::new(row, tally(of_station))
-        })
+        .load(conn)?
+        .into_iter()
+        .map(StationView::new)
         .collect()
 }
 
@@ -220,8 +354,7 @@ pub fn create(ch: &mut Change, actor: &Caller, input: &NewStationInput) -> Resul
         })
         .returning(stations::all_columns)
         .get_result(ch.conn)?;
-    let inventory = inventory(ch.conn, StationId(row.id))?;
-    StationView::new(row, inventory)
+    StationView::new(row)
 }
 
 /// `None` leaves a field alone; `Some(None)` clears an optional one.
@@ -263,30 +396,76 @@ pub fn update(ch: &mut Change, actor: &Caller, id: StationId, patch: &StationPat
             },
         );
     }
-    let inventory = inventory(ch.conn, id)?;
-    StationView::new(row, inventory)
+    StationView::new(row)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The whole network at a glance: stations by status, and every station's counts summed — sums
+/// over the station rows, which carry their counts, so the cost follows the number of stations and
+/// never the number of batteries.
+#[derive(Debug, Serialize)]
+pub struct NetworkView {
+    pub stations: i64,
+    pub stations_by_status: HashMap<&'static str, i64>,
+    pub available_batteries: i64,
+    pub booked_batteries: i64,
+    pub charging_batteries: i64,
+    pub total_batteries: i64,
+    /// Events committed in each of the last 60 whole minutes, oldest first, and the minute each
+    /// count starts at (unix ms).
+    pub events_per_minute: Vec<i64>,
+    pub since: i64,
+    pub latest_event_id: i64,
+}
 
-    #[test]
-    fn total_excludes_retired_and_collected() {
-        let inv = tally([
-            ("available", 3),
-            ("booked", 2),
-            ("charging", 1),
-            ("retired", 4),
-            ("collected", 5),
-        ]);
-        assert_eq!(
-            inv,
-            Inventory {
-                available_batteries: 3,
-                booked_batteries: 2,
-                total_batteries: 6
-            }
-        );
-    }
+type StatusSums = (String, i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+
+pub fn network(conn: &mut DbConn, now: i64) -> Result<NetworkView> {
+    use diesel::dsl::{count_star, sum};
+
+    use crate::db::schema::events;
+    crate::db::read_consistent(conn, |conn| {
+        let rows: Vec<StatusSums> = stations::table
+            .group_by(stations::status)
+            .select((
+                stations::status,
+                count_star(),
+                sum(stations::available_batteries),
+                sum(stations::booked_batteries),
+                sum(stations::charging_batteries),
+                sum(stations::total_batteries),
+            ))
+            .load(conn)?;
+        let mut view = NetworkView {
+            stations: 0,
+            stations_by_status: StationStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect(),
+            available_batteries: 0,
+            booked_batteries: 0,
+            charging_batteries: 0,
+            total_batteries: 0,
+            events_per_minute: Vec::with_capacity(60),
+            since: 0,
+            latest_event_id: crate::events::log::latest_id(conn)?,
+        };
+        for (status, n, available, booked, charging, total) in rows {
+            let status = StationStatus::from_db(&status)?;
+            view.stations += n;
+            *view.stations_by_status.entry(status.as_str()).or_default() += n;
+            view.available_batteries += available.unwrap_or(0);
+            view.booked_batteries += booked.unwrap_or(0);
+            view.charging_batteries += charging.unwrap_or(0);
+            view.total_batteries += total.unwrap_or(0);
+        }
+        const MINUTE: i64 = 60_000;
+        let this_minute = now - now.rem_euclid(MINUTE);
+        view.since = this_minute - 59 * MINUTE;
+        for minute in 0..60 {
+            let from = view.since + minute * MINUTE;
+            let n: i64 = events::table
+                .filter(events::created_at.ge(from).and(events::created_at.lt(from + MINUTE)))
+                .count()
+                .get_result(conn)?;
+            view.events_per_minute.push(n);
+        }
+        Ok(view)
+    })
 }

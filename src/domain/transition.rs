@@ -13,9 +13,12 @@
 //! Conditional updates rather than `SELECT … FOR UPDATE`, because SQLite has no row locks and the
 //! same statement must be the guard on both.
 //!
-//! Every transaction takes its row locks in one order — bookings, then batteries, then the
-//! driver's row, and the event counter last (`events::log::append`) — so no two can wait on each
-//! other.
+//! Every transaction takes its row locks in one order — bookings, then batteries, then their
+//! stations' counts, then the driver's row, and the event counter last (`events::log::append`) — so
+//! no two can wait on each other.
+//!
+//! A station's inventory counts move here too, with every battery that enters, leaves or changes
+//! state: no read or change ever counts a station's batteries (CONTRACT §5 v2).
 
 use diesel::prelude::*;
 
@@ -59,13 +62,98 @@ pub fn booking(ch: &mut Change, row: &Booking, to: BookingStatus) -> Result<Book
 /// Moves a battery from the state it was read in, or `None` when another transaction moved it
 /// first. For callers that try another row on a loss (claiming a battery for a booking).
 pub fn try_battery(ch: &mut Change, row: &Battery, change: &BatteryChange) -> Result<Option<Battery>> {
-    Ok(
+    let moved: Option<Battery> =
         diesel::update(batteries::table.find(row.id).filter(batteries::status.eq(&row.status)))
             .set(change)
             .returning(batteries::all_columns)
             .get_result(ch.conn)
-            .optional()?,
-    )
+            .optional()?;
+    if let Some(moved) = &moved {
+        recount(
+            ch,
+            Some((row.station_id, &row.status)),
+            Some((moved.station_id, &moved.status)),
+        )?;
+    }
+    Ok(moved)
+}
+
+/// A battery has just been inserted: its station counts it.
+pub fn battery_added(ch: &mut Change, row: &Battery) -> Result<()> {
+    recount(ch, None, Some((row.station_id, &row.status)))
+}
+
+/// What one battery adds to its station's counts, by status: collected batteries are with a
+/// driver and retired ones are gone, so neither is counted.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub available: i32,
+    pub booked: i32,
+    pub charging: i32,
+    pub total: i32,
+}
+
+impl Counts {
+    pub fn of(status: &str, n: i32) -> Counts {
+        let mut counts = Counts::default();
+        match status {
+            "available" => counts.available = n,
+            "booked" => counts.booked = n,
+            "charging" => counts.charging = n,
+            _ => return counts,
+        }
+        counts.total = n;
+        counts
+    }
+
+    fn plus(self, other: Counts) -> Counts {
+        Counts {
+            available: self.available + other.available,
+            booked: self.booked + other.booked,
+            charging: self.charging + other.charging,
+            total: self.total + other.total,
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Counts::default()
+    }
+}
+
+/// Adds `counts` to a station's counts (negative numbers take away). The CHECK constraints turn a
+/// miscount below zero into a failed transaction rather than a silent drift.
+pub fn shift_counts(conn: &mut crate::db::DbConn, station: i64, counts: Counts) -> Result<()> {
+    if counts.is_zero() {
+        return Ok(());
+    }
+    diesel::update(stations::table.find(station))
+        .set((
+            stations::available_batteries.eq(stations::available_batteries + counts.available),
+            stations::booked_batteries.eq(stations::booked_batteries + counts.booked),
+            stations::charging_batteries.eq(stations::charging_batteries + counts.charging),
+            stations::total_batteries.eq(stations::total_batteries + counts.total),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Moves one battery's weight in the counts from (station, status) to (station, status).
+fn recount(ch: &mut Change, from: Option<(i64, &str)>, to: Option<(i64, &str)>) -> Result<()> {
+    let leaving = from.map(|(station, status)| (station, Counts::of(status, -1)));
+    let entering = to.map(|(station, status)| (station, Counts::of(status, 1)));
+    match (leaving, entering) {
+        (Some((a, out)), Some((b, into))) if a == b => shift_counts(ch.conn, a, out.plus(into)),
+        (leaving, entering) => {
+            // Two stations (a return elsewhere): in id order, so two returns crossing each other
+            // cannot wait on each other's station.
+            let mut both: Vec<(i64, Counts)> = leaving.into_iter().chain(entering).collect();
+            both.sort_by_key(|(station, _)| *station);
+            for (station, counts) in both {
+                shift_counts(ch.conn, station, counts)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Moves a battery from the state it was read in. On a loss the request is refused as `check` —
@@ -156,4 +244,39 @@ pub fn give_booking_place_back(ch: &mut Change, user: UserId) -> Result<()> {
         .set(users::active_bookings.eq(users::active_bookings - 1))
         .execute(ch.conn)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+
+    #[test]
+    fn collected_and_retired_batteries_are_in_no_count() {
+        assert_eq!(
+            Counts::of("available", 1),
+            Counts {
+                available: 1,
+                total: 1,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(
+            Counts::of("booked", -1),
+            Counts {
+                booked: -1,
+                total: -1,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(
+            Counts::of("charging", 1),
+            Counts {
+                charging: 1,
+                total: 1,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(Counts::of("collected", 1), Counts::default());
+        assert_eq!(Counts::of("retired", 1), Counts::default());
+    }
 }

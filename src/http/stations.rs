@@ -18,7 +18,8 @@ use crate::router::Router;
 use crate::state::AppState;
 
 pub fn routes(r: &mut impl Router) {
-    r.route(Method::GET, "/stations", list)
+    r.route(Method::GET, "/network", network)
+        .route(Method::GET, "/stations", list)
         .route(Method::POST, "/stations", create)
         .route(Method::GET, "/stations/{id}", get)
         .route(Method::PATCH, "/stations/{id}", update)
@@ -34,9 +35,15 @@ fn may_read(state: &AppState, caller: &RequestCaller) -> Result<()> {
 
 async fn list(state: web::Data<AppState>, caller: RequestCaller, req: HttpRequest) -> Result<HttpResponse> {
     may_read(&state, &caller)?;
-    let page = body::page(&body::query(&req)?)?;
-    let listing = state.read(move |conn| stations::list(conn, page)).await?;
+    let request = stations::StationQuery::parse(&body::query(&req)?)?;
+    let listing = state.read(move |conn| stations::list(conn, &request)).await?;
     Ok(HttpResponse::Ok().json(listing))
+}
+
+async fn network(state: web::Data<AppState>, caller: RequestCaller) -> Result<HttpResponse> {
+    may_read(&state, &caller)?;
+    let now = crate::clock::now_ms();
+    Ok(HttpResponse::Ok().json(state.read(move |conn| stations::network(conn, now)).await?))
 }
 
 async fn get(state: web::Data<AppState>, caller: RequestCaller, id: web::Path<i64>) -> Result<HttpResponse> {

@@ -15,7 +15,7 @@ use crate::domain::ids::{BookingId, StationId};
 use crate::domain::input::from_value;
 use crate::domain::stations::StationPatch;
 use crate::domain::values::StationStatus;
-use crate::domain::{batteries, bookings, stations, Page};
+use crate::domain::{batteries, bookings, stations};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
@@ -33,6 +33,29 @@ struct BookingRef {
 struct ListStations {
     limit: Option<i64>,
     cursor: Option<String>,
+    q: Option<String>,
+    status: Option<String>,
+    available_min: Option<i64>,
+    sort: Option<String>,
+}
+
+impl ListStations {
+    /// The same parameters as `GET /api/stations`, parsed by the same rule.
+    fn query(self) -> Result<stations::StationQuery> {
+        let numbers = [("limit", self.limit), ("available_min", self.available_min)];
+        let texts = [
+            ("cursor", self.cursor),
+            ("q", self.q),
+            ("status", self.status),
+            ("sort", self.sort),
+        ];
+        let params = numbers
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_string())))
+            .chain(texts.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))))
+            .collect();
+        stations::StationQuery::parse(&params)
+    }
 }
 
 #[derive(Deserialize)]
@@ -68,10 +91,8 @@ pub async fn perform(state: Arc<AppState>, identity: Option<Identity>, action: S
     match action.as_str() {
         "list_stations" => {
             policy::may_read_stations(actor.as_ref(), state.settings.public_feeds)?;
-            let input: ListStations = from_value(data)?;
-            let limit = input.limit.map(|l| l.to_string());
-            let page = Page::parse(limit.as_deref(), input.cursor.as_deref())?;
-            to_value(state.read(move |conn| stations::list(conn, page)).await?)
+            let request = from_value::<ListStations>(data)?.query()?;
+            to_value(state.read(move |conn| stations::list(conn, &request)).await?)
         }
         "get_station" => {
             policy::may_read_stations(actor.as_ref(), state.settings.public_feeds)?;

@@ -19,6 +19,7 @@ mod lists;
 mod live_identity;
 mod logs;
 mod metrics;
+mod network;
 mod notifications;
 mod protocol_docs;
 mod resume;

@@ -12,6 +12,11 @@ pub struct Station {
     pub operator_id: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Counts kept by `domain::transition` in the transaction of every battery change.
+    pub available_batteries: i32,
+    pub booked_batteries: i32,
+    pub charging_batteries: i32,
+    pub total_batteries: i32,
 }
 
 #[derive(Insertable)]

@@ -1,0 +1,318 @@
+//! A network of real size (CONTRACT §5 v2): counts kept on the station, the station list's filters
+//! and sorts with exact cursors, and the network totals.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, TestApp};
+
+/// A station's counts as the API shows them, and as its batteries say they should be.
+async fn counts_agree(app: &TestApp, station: i64) -> (i64, i64, i64, i64) {
+    let view = app.get(&format!("/api/stations/{station}"), None).await.expect(200);
+    let shown = (
+        view["available_batteries"].as_i64().unwrap(),
+        view["booked_batteries"].as_i64().unwrap(),
+        view["charging_batteries"].as_i64().unwrap(),
+        view["total_batteries"].as_i64().unwrap(),
+    );
+    let batteries = app
+        .get(&format!("/api/stations/{station}/batteries?limit=500"), None)
+        .await
+        .expect(200);
+    let mut by_status: HashMap<String, i64> = HashMap::new();
+    for b in batteries["items"].as_array().unwrap() {
+        *by_status.entry(b["status"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let n = |s: &str| by_status.get(s).copied().unwrap_or(0);
+    let counted = (
+        n("available"),
+        n("booked"),
+        n("charging"),
+        n("available") + n("booked") + n("charging"),
+    );
+    assert_eq!(
+        shown, counted,
+        "station {station}: counts on the row against its batteries"
+    );
+    shown
+}
+
+#[actix_web::test]
+async fn station_counts_follow_every_battery_change() {
+    let app = spawn_app().await;
+    let (a, b) = (app.station("North", None).await, app.station("South", None).await);
+    let driver = app.user("user").await;
+    let admin = Some(app.admin.token.as_str());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(app.battery(a, &format!("CNT-{i}")).await);
+    }
+    assert_eq!(counts_agree(&app, a).await, (4, 0, 0, 4));
+
+    let first = app.book(a, &driver).await;
+    let second = app.book(a, &driver).await;
+    assert_eq!(counts_agree(&app, a).await, (2, 2, 0, 4));
+    app.post(
+        &format!("/api/bookings/{}/cancel", second["id"]),
+        Some(&driver.token),
+        json!({}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(counts_agree(&app, a).await, (3, 1, 0, 4));
+
+    // Collected: with the driver, in no count. Returned at the other station: charging there.
+    app.post(&format!("/api/bookings/{}/ready", first["id"]), admin, json!({}))
+        .await
+        .expect(200);
+    app.post(&format!("/api/bookings/{}/collect", first["id"]), admin, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(counts_agree(&app, a).await, (3, 0, 0, 3));
+    let collected = first["battery_id"].as_i64().unwrap();
+    let battery_serial = format!("CNT-{}", ids.iter().position(|id| *id == collected).unwrap());
+    app.post(
+        &format!("/api/stations/{b}/returns"),
+        admin,
+        json!({"serial": battery_serial, "soc": 20}),
+    )
+    .await
+    .expect(201);
+    assert_eq!(counts_agree(&app, b).await, (0, 0, 1, 1));
+    assert_eq!(counts_agree(&app, a).await, (3, 0, 0, 3));
+
+    // Charged: available. Telemetry that changes no status moves no count.
+    app.patch(&format!("/api/batteries/{collected}"), admin, json!({"soc": 100}))
+        .await
+        .expect(200);
+    assert_eq!(counts_agree(&app, b).await, (1, 0, 0, 1));
+    let other = *ids.iter().find(|id| **id != collected).unwrap();
+    app.patch(&format!("/api/batteries/{other}"), admin, json!({"soc": 40}))
+        .await
+        .expect(200);
+    assert_eq!(counts_agree(&app, a).await, (3, 0, 0, 3));
+
+    // Retired: gone from every count. A refused change moves nothing.
+    app.patch(&format!("/api/batteries/{other}"), admin, json!({"status": "retired"}))
+        .await
+        .expect(200);
+    assert_eq!(counts_agree(&app, a).await, (2, 0, 0, 2));
+    app.patch(&format!("/api/batteries/{other}"), admin, json!({"soc": 50}))
+        .await
+        .expect_error(409, "battery_retired");
+    app.post(
+        &format!("/api/stations/{a}/batteries"),
+        admin,
+        json!({"serial": "CNT-0", "model": "M"}),
+    )
+    .await
+    .expect_error(409, "serial_taken");
+    assert_eq!(counts_agree(&app, a).await, (2, 0, 0, 2));
+
+    // Many bookings at once: each count moves exactly once per winner.
+    let drivers = futures_util::future::join_all((0..4).map(|_| app.user("user"))).await;
+    let answers = futures_util::future::join_all(
+        drivers
+            .iter()
+            .map(|d| app.post("/api/bookings", Some(&d.token), json!({"station_id": a}))),
+    )
+    .await;
+    let won = answers.iter().filter(|r| r.status == 201).count() as i64;
+    assert_eq!(won, 2, "two batteries, two winners");
+    assert_eq!(counts_agree(&app, a).await, (0, 2, 0, 2));
+}
+
+/// Every page of a list, followed through its cursors.
+async fn walk(app: &TestApp, query: &str, limit: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/stations?limit={limit}&{query}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = app.get(&path, None).await.expect(200);
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= limit);
+        all.extend(items.iter().cloned());
+        match &page["next_cursor"] {
+            Value::String(c) => cursor = Some(c.clone()),
+            Value::Null => return all,
+            other => panic!("bad cursor {other}"),
+        }
+    }
+}
+
+fn ids(items: &[Value]) -> Vec<i64> {
+    items.iter().map(|s| s["id"].as_i64().unwrap()).collect()
+}
+
+#[actix_web::test]
+async fn the_station_list_filters_sorts_and_pages_exactly() {
+    let app = spawn_app().await;
+    let admin = Some(app.admin.token.as_str());
+    // Names out of id order, ties in availability, odd characters in names and addresses.
+    let plan: [(&str, &str, &str, usize); 9] = [
+        ("Taipei Main", "1 Zhongxiao Rd", "online", 3),
+        ("Banqiao", "22 Wenhua Rd", "online", 1),
+        ("Xinyi 100%", "7 Songren Rd", "online", 3),
+        ("Neihu_East", "5 Neihu Rd", "offline", 0),
+        ("Da'an", "9 Main Street", "maintenance", 2),
+        ("Beitou", "2 MAIN st", "online", 0),
+        ("Taipei Main", "3 Other Rd", "online", 1),
+        ("Shilin", "", "online", 3),
+        ("Zhongshan", "4 Nanjing Rd", "offline", 2),
+    ];
+    let mut stations = Vec::new();
+    for (i, (name, address, status, batteries)) in plan.iter().enumerate() {
+        let body = if address.is_empty() {
+            json!({"name": name, "status": status})
+        } else {
+            json!({"name": name, "address": address, "status": status})
+        };
+        let id = app.post("/api/stations", admin, body).await.expect(201)["id"]
+            .as_i64()
+            .unwrap();
+        for k in 0..*batteries {
+            app.battery(id, &format!("L-{i}-{k}")).await;
+        }
+        stations.push((id, *name, *address, *status, *batteries as i64));
+    }
+
+    // Default order is by id, and every sort walks every station once, in its order, at any page size.
+    let by_id: Vec<i64> = stations.iter().map(|s| s.0).collect();
+    let mut by_name = stations.clone();
+    by_name.sort_by(|x, y| x.1.cmp(y.1).then(x.0.cmp(&y.0)));
+    let mut fewest = stations.clone();
+    fewest.sort_by_key(|s| (s.4, s.0));
+    let mut most = stations.clone();
+    most.sort_by_key(|s| (-s.4, s.0));
+    for limit in [1, 2, 4, 50] {
+        assert_eq!(ids(&walk(&app, "", limit).await), by_id);
+        assert_eq!(ids(&walk(&app, "sort=name", limit).await), ids_of(&by_name));
+        assert_eq!(ids(&walk(&app, "sort=available", limit).await), ids_of(&fewest));
+        assert_eq!(ids(&walk(&app, "sort=-available", limit).await), ids_of(&most));
+    }
+
+    // Filters, alone and together, under a sort.
+    let expect = |keep: &dyn Fn(&(i64, &str, &str, &str, i64)) -> bool| -> Vec<i64> {
+        most.iter().filter(|s| keep(s)).map(|s| s.0).collect()
+    };
+    let main = expect(&|s| s.1.to_lowercase().contains("main") || s.2.to_lowercase().contains("main"));
+    assert_eq!(main.len(), 4);
+    assert_eq!(ids(&walk(&app, "q=MaIn&sort=-available", 2).await), main);
+    assert_eq!(
+        ids(&walk(&app, "q=100%25&sort=-available", 2).await),
+        expect(&|s| s.1.contains("100%"))
+    );
+    assert_eq!(
+        ids(&walk(&app, "q=_&sort=-available", 2).await),
+        expect(&|s| s.1.contains('_'))
+    );
+    assert_eq!(
+        ids(&walk(&app, "q=n'&sort=-available", 2).await),
+        expect(&|s| s.1.contains("n'"))
+    );
+    assert_eq!(
+        ids(&walk(&app, "status=offline&sort=-available", 1).await),
+        expect(&|s| s.3 == "offline")
+    );
+    assert_eq!(
+        ids(&walk(&app, "available_min=1&sort=-available", 3).await),
+        expect(&|s| s.4 >= 1)
+    );
+    assert_eq!(
+        ids(&walk(&app, "q=rd&status=online&available_min=2&sort=-available", 1).await),
+        expect(&|s| s.2.to_lowercase().contains("rd") && s.3 == "online" && s.4 >= 2)
+    );
+    assert!(walk(&app, "q=nowhere", 5).await.is_empty());
+
+    // A station that changes between pages neither repeats nor hides the others.
+    let first = app.get("/api/stations?sort=-available&limit=3", None).await.expect(200);
+    let seen = ids(first["items"].as_array().unwrap());
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let moved = seen[0];
+    app.battery(moved, "L-moved").await;
+    let rest = app
+        .get(&format!("/api/stations?sort=-available&limit=50&cursor={cursor}"), None)
+        .await
+        .expect(200);
+    let rest = ids(rest["items"].as_array().unwrap());
+    let mut together = seen.clone();
+    together.extend(&rest);
+    together.sort();
+    assert_eq!(together, {
+        let mut all = by_id.clone();
+        all.sort();
+        all
+    });
+
+    // Bad parameters are 422s naming the parameter; a cursor of one sort is refused by another.
+    for bad in [
+        "sort=price",
+        "status=closed",
+        "available_min=-1",
+        "available_min=x",
+        "cursor=zzz",
+        "sort=name&cursor=n.1.%%%",
+        &format!("sort=name&cursor={cursor}"),
+        "sort=available&cursor=d.1.2",
+    ] {
+        let reply = app
+            .get(&format!("/api/stations?{bad}"), None)
+            .await
+            .expect_error(422, "validation_failed");
+        assert!(reply["error"]["fields"].is_object(), "{bad}: {reply}");
+    }
+}
+
+fn ids_of(stations: &[(i64, &str, &str, &str, i64)]) -> Vec<i64> {
+    stations.iter().map(|s| s.0).collect()
+}
+
+#[actix_web::test]
+async fn network_totals_sum_the_stations() {
+    let app = spawn_app().await;
+    let admin = Some(app.admin.token.as_str());
+    let empty = app.get("/api/network", None).await.expect(200);
+    assert_eq!(empty["stations"], 0);
+    assert_eq!(empty["events_per_minute"].as_array().unwrap().len(), 60);
+    let a = app.station("A", None).await;
+    let b = app
+        .post("/api/stations", admin, json!({"name": "B", "status": "offline"}))
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .unwrap();
+    for i in 0..3 {
+        app.battery(a, &format!("NT-A{i}")).await;
+    }
+    app.battery(b, "NT-B0").await;
+    let driver = app.user("user").await;
+    app.book(a, &driver).await;
+    let totals = app.get("/api/network", None).await.expect(200);
+    assert_eq!(totals["stations"], 2);
+    assert_eq!(
+        totals["stations_by_status"],
+        json!({"online": 1, "offline": 1, "maintenance": 0})
+    );
+    assert_eq!(
+        (
+            &totals["available_batteries"],
+            &totals["booked_batteries"],
+            &totals["charging_batteries"],
+            &totals["total_batteries"]
+        ),
+        (&json!(3), &json!(1), &json!(0), &json!(4))
+    );
+    let per_minute: i64 = totals["events_per_minute"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    let committed = app.all_events_after(0).await.len() as i64;
+    assert_eq!(per_minute, committed, "every event of this test is in the last hour");
+    assert_eq!(totals["latest_event_id"], app.last_event_id().await);
+}
