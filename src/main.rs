@@ -1,4 +1,5 @@
-//! The `swapcast` command: `serve` (the default), `migrate`, `create-admin`, `bench`.
+//! The `swapcast` command: `serve` (the default), `migrate`, `create-admin`, `import`,
+//! `generate-network`, `bench`.
 
 use clap::{Parser, Subcommand};
 use swapcast::config::{LogFormat, Settings};
@@ -34,6 +35,25 @@ enum Command {
         #[arg(long, default_value = "Administrator")]
         display_name: String,
     },
+    /// Load a network from CSV files (`name,address,status`; `station,serial,model,soc,soh`),
+    /// each file all or nothing.
+    Import {
+        #[arg(long)]
+        stations: Option<std::path::PathBuf>,
+        #[arg(long)]
+        batteries: Option<std::path::PathBuf>,
+    },
+    /// Write the CSV files of a made-up network of a given size (Gogoro's by default), for
+    /// `import` and the bench.
+    GenerateNetwork {
+        #[arg(long, default_value_t = 12_000)]
+        stations: usize,
+        #[arg(long, default_value_t = 1_100_000)]
+        batteries: usize,
+        /// The directory to write stations.csv and batteries.csv into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Measure a swapcast server (started by the bench itself) under load.
     #[command(subcommand)]
     Bench(swapcast::bench::Workload),
@@ -54,6 +74,15 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         // The bench runs its own multi-threaded runtime, apart from any server.
         Command::Bench(workload) => swapcast::bench::run(workload),
+        Command::GenerateNetwork {
+            stations,
+            batteries,
+            out,
+        } => {
+            let (s, b) = swapcast::bench::network::generate(&out, stations, batteries)?;
+            println!("wrote {} and {}", s.display(), b.display());
+            Ok(())
+        }
         command => actix_web::rt::System::new().block_on(run(cli.settings, command)),
     }
 }
@@ -62,7 +91,15 @@ fn main() -> anyhow::Result<()> {
 async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve => Application::build(settings).await?.run_until_stopped().await?,
-        Command::Bench(_) => anyhow::bail!("the bench runs outside the server's runtime"),
+        Command::Bench(_) | Command::GenerateNetwork { .. } => anyhow::bail!("runs outside the server's runtime"),
+        Command::Import { stations, batteries } => {
+            if stations.is_none() && batteries.is_none() {
+                anyhow::bail!("give --stations FILE, --batteries FILE, or both");
+            }
+            for line in startup::import(&settings, stations, batteries).await? {
+                println!("{line}");
+            }
+        }
         Command::Migrate => {
             startup::open_database(&settings).await?;
             tracing::info!("migrations applied");

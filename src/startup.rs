@@ -18,7 +18,8 @@ use crate::db::writer::Writer;
 use crate::db::{self, Pool};
 use crate::domain::users::{self, Registration, UserView};
 use crate::domain::values::{DisplayName, Email, Password, Role};
-use crate::domain::{self as domain_mod};
+use crate::domain::{self as domain_mod, import};
+use crate::error::Error;
 use crate::events::log;
 use crate::realtime::messages::ShutDownAll;
 use crate::realtime::Hub;
@@ -196,6 +197,7 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         keys: Arc::new(keys),
         hub,
         login: Arc::new(LoginGuard::new(settings_login_attempts, hashers)),
+        snapshots: Arc::default(),
     })
 }
 
@@ -216,6 +218,56 @@ pub async fn create_admin(
         let mut conn = pool.get()?;
         let created = domain_mod::commit(&mut conn, |ch| users::create(ch, &registration, Role::Admin))?;
         Ok(created.value)
+    })
+    .await?
+}
+
+/// `swapcast import`: the stations file, then the batteries file, each in one transaction. Their
+/// events go to the log; a running server delivers them as it does another node's.
+pub async fn import(
+    settings: &Settings,
+    stations: Option<std::path::PathBuf>,
+    batteries: Option<std::path::PathBuf>,
+) -> anyhow::Result<Vec<String>> {
+    let pool = open_database(settings).await?;
+    actix_web::rt::task::spawn_blocking(move || {
+        let mut conn = pool.get()?;
+        let mut report = Vec::new();
+        for (path, is_stations) in [(stations, true), (batteries, false)] {
+            let Some(path) = path else { continue };
+            let started = std::time::Instant::now();
+            let file = std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            );
+            let loaded = domain_mod::commit(&mut conn, |ch| {
+                if is_stations {
+                    Ok(import::stations(ch, file)?)
+                } else {
+                    Ok(import::batteries(ch, file)?)
+                }
+            })
+            .map_err(|e| match e {
+                Error::Validation(fields) => anyhow::anyhow!(
+                    "{}: nothing imported: {}",
+                    path.display(),
+                    fields
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                other => anyhow::anyhow!("{}: nothing imported: {other}", path.display()),
+            })?;
+            let what = if is_stations { "stations" } else { "batteries" };
+            report.push(format!(
+                "{}: {} {what} in {:.1} s",
+                path.display(),
+                loaded.value,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(report)
     })
     .await?
 }

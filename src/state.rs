@@ -10,6 +10,7 @@ use crate::db::writer::Writer;
 use crate::db::{self, DbConn, Pool};
 use crate::domain::{self, Change};
 use crate::error::Result;
+use crate::realtime::snapshots::Snapshots;
 use crate::realtime::Hub;
 
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Sign-in throttling and the bound on password hashing.
     pub login: Arc<LoginGuard>,
+    /// The all-stations snapshot, shared by the connections that start from it.
+    pub snapshots: Arc<Snapshots>,
 }
 
 impl AppState {

@@ -11,6 +11,7 @@
 //! - [`baseline`] the reference broadcast server
 
 pub mod baseline;
+pub mod network;
 pub mod server;
 pub mod stats;
 

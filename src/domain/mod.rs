@@ -7,6 +7,7 @@
 pub mod batteries;
 pub mod bookings;
 pub mod ids;
+pub mod import;
 pub mod input;
 pub mod notifications;
 pub mod stations;

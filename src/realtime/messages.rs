@@ -47,9 +47,12 @@ pub enum ToSession {
         frame: Frame,
     },
     /// What a channel needs before its live events: a snapshot (no ids) or replayed events (ids), in order.
+    /// `drained` is told once the socket has taken them, so a catch-up never hands over more
+    /// than a reader takes.
     Catchup {
         channel: Channel,
         items: Vec<(Option<i64>, Frame)>,
+        drained: tokio::sync::oneshot::Sender<()>,
     },
     /// The channel is caught up through `position`: flush the live events held meanwhile that are newer.
     GoLive { channel: Channel, position: i64 },

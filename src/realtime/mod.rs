@@ -19,6 +19,7 @@ pub mod publisher;
 pub mod registry;
 #[cfg(test)]
 mod sink;
+pub mod snapshots;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

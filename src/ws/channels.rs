@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use actix::Recipient;
 use bytestring::ByteString;
+use tokio::sync::oneshot;
 
+use super::outlet::CATCHUP_CHUNK;
 use crate::auth::extract::load_caller;
 use crate::auth::{policy, Caller, Identity};
 use crate::clock::now_ms;
@@ -31,10 +33,8 @@ pub enum Start {
     Unreadable,
 }
 
-/// Events replayed per read. A chunk is handed over only once the session has taken the one
-/// before — and a session whose socket is not draining takes nothing — so a long replay never
-/// sits in memory at once.
-const REPLAY_CHUNK: i64 = 500;
+/// Events replayed per read: one chunk, handed over once the socket has taken the one before.
+const REPLAY_CHUNK: i64 = CATCHUP_CHUNK as i64;
 
 /// Registers a new connection; returns the newest event id, for `connection_established`.
 pub fn register(
@@ -219,8 +219,6 @@ async fn catch_up(
         start,
         preface,
     } = wanted;
-    // A session that went away meanwhile refuses messages; there is nobody left to catch up.
-    let gone = |_| Error::Internal(anyhow::anyhow!("session gone"));
     let name = channel.name();
     let form = |text: ByteString| Frame::text(if tagged { wire::tagged(&text, &name) } else { text }.as_ref());
     let mut items: Vec<(Option<i64>, Frame)> = preface.into_iter().map(|frame| (None, frame)).collect();
@@ -250,23 +248,14 @@ async fn catch_up(
             if let Some(last) = chunk.last() {
                 after = last.id.0;
             }
-            to.send(ToSession::Catchup {
-                channel,
-                items: std::mem::take(&mut items),
-            })
-            .await
-            .map_err(gone)?;
+            if !hand_over(to, channel, std::mem::take(&mut items)).await {
+                return Ok(());
+            }
             if done {
                 break;
             }
         }
-        return to
-            .send(ToSession::GoLive {
-                channel,
-                position: after,
-            })
-            .await
-            .map_err(gone);
+        return go_live(to, channel, after).await;
     }
     match start {
         Start::Resume(_) if feed.is_some() => items.push((
@@ -291,35 +280,63 @@ async fn catch_up(
         )),
         _ => {}
     }
-    let (position, snapshot) = state
-        .read(move |conn| {
-            db::read_consistent(conn, |conn| {
-                let position = log::latest_id(conn)?;
-                let views = match channel {
-                    Channel::Station(id) => vec![stations::get(conn, id)?],
-                    Channel::Stations => stations::all(conn)?,
-                    Channel::Notifications | Channel::System => Vec::new(),
-                };
-                let at = now_ms();
-                Ok((
-                    position,
-                    views
-                        .iter()
-                        .map(|s| wire::snapshot(s, position, at))
-                        .collect::<Vec<_>>(),
-                ))
-            })
-        })
-        .await?;
-    items.extend(snapshot.into_iter().map(|text| (None, form(text))));
-    to.send(ToSession::Catchup { channel, items }).await.map_err(gone)?;
-    // A snapshot reflects every event up to its position; channels without one (notifications)
-    // pass on every event held since the registration.
-    let position = match channel {
-        Channel::Station(_) | Channel::Stations => position,
-        Channel::Notifications | Channel::System => i64::MIN,
+    let (position, snapshot): (i64, Arc<[Frame]>) = match channel {
+        Channel::Stations => {
+            // Registered already: the snapshot must reflect every event committed before now,
+            // since the registry holds only those after.
+            let needed = state.read(log::latest_id).await?;
+            let snapshot = state.snapshots.at_least(&state.pool, needed).await?;
+            (snapshot.position, snapshot.frames(tagged))
+        }
+        Channel::Station(id) => {
+            let (position, text) = state
+                .read(move |conn| {
+                    db::read_consistent(conn, |conn| {
+                        let position = log::latest_id(conn)?;
+                        Ok((position, wire::snapshot(&stations::get(conn, id)?, position, now_ms())))
+                    })
+                })
+                .await?;
+            (position, Arc::from([form(text)]))
+        }
+        // No snapshot: every event held since the registration passes.
+        Channel::Notifications | Channel::System => (i64::MIN, Arc::from([])),
     };
-    to.send(ToSession::GoLive { channel, position }).await.map_err(gone)
+    let mut rest = snapshot.iter();
+    loop {
+        let room = CATCHUP_CHUNK.saturating_sub(items.len()).max(1);
+        items.extend(rest.by_ref().take(room).map(|frame| (None, frame.clone())));
+        let last = items.len() < CATCHUP_CHUNK;
+        if !hand_over(to, channel, std::mem::take(&mut items)).await {
+            return Ok(());
+        }
+        if last {
+            break;
+        }
+    }
+    go_live(to, channel, position).await
+}
+
+/// Hands one chunk of a catch-up to the session and waits until its socket has taken it, so a
+/// snapshot or a replay of any size goes out at the pace the reader reads. False when the session
+/// or the channel went away meanwhile: nobody is left to catch up, and nothing is to be said.
+async fn hand_over(to: &Recipient<ToSession>, channel: Channel, items: Vec<(Option<i64>, Frame)>) -> bool {
+    let (drained, taken) = oneshot::channel();
+    to.send(ToSession::Catchup {
+        channel,
+        items,
+        drained,
+    })
+    .await
+    .is_ok()
+        && taken.await.is_ok()
+}
+
+/// The channel is caught up through `position`.
+async fn go_live(to: &Recipient<ToSession>, channel: Channel, position: i64) -> Result<()> {
+    // A session that went away meanwhile refuses the message, and there is nothing to do.
+    let _ = to.send(ToSession::GoLive { channel, position }).await;
+    Ok(())
 }
 
 /// After a change to the connected user (an admin's, or the end of a sign-in session): an account

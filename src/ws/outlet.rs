@@ -5,8 +5,11 @@
 //! What needs the session actor (waiting for the kernel, closing, stopping) is left as state the
 //! session attends to.
 
+use std::time::{Duration, Instant};
+
 use actix_http::ws::CloseReason;
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::socket::{self, Flushed, Socket};
 use crate::events::wire::Frame;
@@ -51,7 +54,16 @@ pub struct Outlet {
     failed: bool,
     /// The registry has told the session to attend (once until it does).
     poked: bool,
+    /// Catch-ups waiting for the socket to take what they handed over before the next chunk.
+    drains: Vec<oneshot::Sender<()>>,
+    /// When the socket last took a frame, or a catch-up began to wait: a catch-up that waits
+    /// long past it has a reader that stopped.
+    progress: Instant,
 }
+
+/// Frames a catch-up hands over at a time: each channel catching up has at most this many in the
+/// queue, and the next ones only once the socket has taken them (CONTRACT §4.4 v2).
+pub const CATCHUP_CHUNK: usize = 256;
 
 impl Outlet {
     pub fn new(socket: Socket, send_queue: usize) -> Outlet {
@@ -66,6 +78,8 @@ impl Outlet {
             overflowed: false,
             failed: false,
             poked: false,
+            drains: Vec::new(),
+            progress: Instant::now(),
         }
     }
 
@@ -137,8 +151,10 @@ impl Outlet {
         self.flush_unless_blocked();
     }
 
-    /// What a channel needs before its live events: a snapshot (no ids) or replayed events.
-    pub fn catch_up(&mut self, channel: Channel, items: Vec<(Option<i64>, Frame)>) {
+    /// Part of what a channel needs before its live events: a snapshot (no ids) or replayed
+    /// events (ids). `drained` is told once the socket has taken all of it — the catch-up's cue
+    /// for its next part — and dropped untold if the channel or the connection goes first.
+    pub fn catch_up(&mut self, channel: Channel, items: Vec<(Option<i64>, Frame)>, drained: oneshot::Sender<()>) {
         if self.closing {
             return;
         }
@@ -151,7 +167,26 @@ impl Outlet {
                 None => self.socket.push(frame.bytes().clone()),
             }
         }
+        if self.drains.is_empty() {
+            self.progress = Instant::now();
+        }
+        self.drains.push(drained);
         self.flush_unless_blocked();
+        if self.socket.queued() == 0 {
+            self.drained();
+        }
+    }
+
+    /// Whether a catch-up has waited longer than `limit` without the socket taking a frame: the
+    /// reader stopped, and is closed with 1013 like any slow consumer.
+    pub fn stalled(&self, limit: Duration) -> bool {
+        !self.drains.is_empty() && self.progress.elapsed() > limit
+    }
+
+    fn drained(&mut self) {
+        for drained in self.drains.drain(..) {
+            let _ = drained.send(());
+        }
     }
 
     /// The channel is caught up through `position`: the held events that are newer go out.
@@ -178,6 +213,8 @@ impl Outlet {
         if drop_unsent {
             self.socket.drop_unsent();
         }
+        // Catch-ups under way end here: nothing more goes out.
+        self.drains.clear();
         self.socket.push(socket::close_frame(reason));
         self.closing = true;
         self.flush_unless_blocked();
@@ -219,7 +256,11 @@ impl Outlet {
     /// Writes what is queued.
     fn flush(&mut self) {
         self.blocked = false;
+        let before = self.socket.queued();
         let flushed = self.socket.flush();
+        if self.socket.queued() < before {
+            self.progress = Instant::now();
+        }
         self.flushed(flushed);
     }
 
@@ -234,6 +275,7 @@ impl Outlet {
     fn flushed(&mut self, flushed: Flushed) {
         match flushed {
             Flushed::All => {
+                self.drained();
                 if self.closing && !self.close_sent {
                     self.close_sent = true;
                     self.socket.finish();
@@ -247,8 +289,11 @@ impl Outlet {
         }
     }
 
+    /// Live events beyond the bound make a slow consumer; each channel catching up may add one
+    /// chunk to it, since it hands over no more until that is taken.
     fn check_queue(&mut self) {
-        if !self.closing && self.socket.queued() > self.send_queue {
+        let catching_up = self.channels.iter().filter(|(_, state)| state.held.is_some()).count();
+        if !self.closing && self.socket.queued() > self.send_queue + CATCHUP_CHUNK * catching_up {
             self.overflowed = true;
         }
     }
@@ -336,7 +381,9 @@ mod tests {
         let (e5, e6, e7) = (event(5), event(6), event(7));
         let early = [(5, &e5.1), (6, &e6.1), (7, &e7.1)];
         out.live(STATION, &mut early.into_iter());
-        out.catch_up(STATION, vec![(None, Frame::text("snapshot"))]);
+        let (drained, taken) = oneshot::channel();
+        out.catch_up(STATION, vec![(None, Frame::text("snapshot"))], drained);
+        taken.await.expect("the kernel took the snapshot at once");
         // The snapshot reflects everything up to 6: only 7 is newer.
         out.go_live(STATION, 6);
         assert!(out.is_live(STATION));

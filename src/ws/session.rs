@@ -559,7 +559,12 @@ impl Actor for WsSession {
         // find the mailbox full drop this session (1013).
         ctx.set_mailbox_capacity(self.limits.send_queue);
         ctx.run_interval(self.limits.heartbeat, |this, ctx| {
-            if this.last_heard.elapsed() > this.limits.heartbeat * MISSED_HEARTBEATS {
+            // A reader that stopped in the middle of a snapshot or a replay is a slow consumer
+            // (1013, resume later), whether or not it still talks.
+            if this.out().stalled(this.limits.heartbeat * MISSED_HEARTBEATS) {
+                tracing::debug!(session = this.id, "reader stopped during a catch-up");
+                this.overflowed(ctx);
+            } else if this.last_heard.elapsed() > this.limits.heartbeat * MISSED_HEARTBEATS {
                 tracing::debug!(session = this.id, "peer silent; dropping");
                 ctx.stop();
             } else {
@@ -627,8 +632,12 @@ impl Handler<ToSession> for WsSession {
                 self.out().live(channel, &mut std::iter::once((event_id, &frame)));
                 self.attend(ctx);
             }
-            ToSession::Catchup { channel, items } => {
-                self.out().catch_up(channel, items);
+            ToSession::Catchup {
+                channel,
+                items,
+                drained,
+            } => {
+                self.out().catch_up(channel, items, drained);
                 self.attend(ctx);
             }
             ToSession::GoLive { channel, position } => {

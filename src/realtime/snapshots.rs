@@ -1,0 +1,81 @@
+//! The all-stations snapshot, rendered once per log position and shared by every connection that
+//! needs it: a hundred dashboards connecting at once cost one read of the station rows and one
+//! copy of the frames, which their sockets then hold by reference.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::clock::now_ms;
+use crate::db::{self, Pool};
+use crate::domain::stations;
+use crate::error::Result;
+use crate::events::log;
+use crate::events::wire::{self, Frame};
+
+/// Every station's `inventory_update` with `action: snapshot`, as of one log position.
+pub struct Snapshot {
+    /// The newest event the snapshot reflects.
+    pub position: i64,
+    texts: Vec<bytestring::ByteString>,
+    plain: OnceLock<Arc<[Frame]>>,
+    /// With `"channel":"stations"`, for `/ws`.
+    tagged: OnceLock<Arc<[Frame]>>,
+}
+
+impl Snapshot {
+    /// The frames in the form a connection speaks, rendered by the first connection to ask.
+    pub fn frames(&self, tagged: bool) -> Arc<[Frame]> {
+        let (cell, channel) = if tagged {
+            (&self.tagged, Some("stations"))
+        } else {
+            (&self.plain, None)
+        };
+        cell.get_or_init(|| {
+            self.texts
+                .iter()
+                .map(|text| match channel {
+                    Some(name) => Frame::text(&wire::tagged(text, name)),
+                    None => Frame::text(text),
+                })
+                .collect()
+        })
+        .clone()
+    }
+}
+
+#[derive(Default)]
+pub struct Snapshots {
+    /// The newest snapshot; the lock also makes connections that need a newer one wait for a
+    /// single read instead of each reading the stations.
+    current: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+}
+
+impl Snapshots {
+    /// A snapshot that reflects at least every event up to `needed`: the one there is, or a new
+    /// one read once for every connection waiting meanwhile.
+    pub async fn at_least(&self, pool: &Pool, needed: i64) -> Result<Arc<Snapshot>> {
+        let mut current = self.current.lock().await;
+        if let Some(snapshot) = current.as_ref().filter(|s| s.position >= needed) {
+            return Ok(snapshot.clone());
+        }
+        let (position, texts) = db::run(pool, |conn| {
+            db::read_consistent(conn, |conn| {
+                let position = log::latest_id(conn)?;
+                let at = now_ms();
+                let texts = stations::all(conn)?
+                    .iter()
+                    .map(|s| wire::snapshot(s, position, at))
+                    .collect();
+                Ok((position, texts))
+            })
+        })
+        .await?;
+        let snapshot = Arc::new(Snapshot {
+            position,
+            texts,
+            plain: OnceLock::new(),
+            tagged: OnceLock::new(),
+        });
+        *current = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
