@@ -27,6 +27,7 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// Channels caught up by replaying the event log (`last_event_id`).
     pub resume_replays: IntCounter,
+    pub snapshot_reads: IntCounter,
     /// Seconds from an event's commit to its hand-over to every recipient's queue.
     pub deliver_latency: Histogram,
     /// HTTP requests by route pattern and status.
@@ -84,6 +85,10 @@ impl Metrics {
                 "Client messages refused by the rate limit",
             ),
             resume_replays: counter("swapcast_resume_replays_total", "Channels caught up from the event log"),
+            snapshot_reads: counter(
+                "swapcast_snapshot_reads_total",
+                "All-stations snapshots read from the database (one serves every connection at its position)",
+            ),
             deliver_latency: registered(
                 &registry,
                 Histogram::with_opts(

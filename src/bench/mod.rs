@@ -42,6 +42,9 @@ pub enum Workload {
     /// A flood of concurrent sign-ins: server memory, and how much slower a request that needs
     /// no password hash gets meanwhile.
     Signins(SigninsArgs),
+    /// A network of Gogoro's size: import it, then the all-stations snapshot for one reader and
+    /// for many dashboards at once, bookings against the same on 20 stations, and the station list.
+    Network(network::NetworkArgs),
     /// The reference server itself (the bench starts it; not for people).
     #[command(hide = true)]
     BaselineServe,
@@ -132,6 +135,7 @@ pub fn run(workload: Workload) -> anyhow::Result<()> {
         Workload::Churn(args) => runtime.block_on(churn(args)),
         Workload::Bookings(args) => runtime.block_on(bookings(args)),
         Workload::Signins(args) => runtime.block_on(signins(args)),
+        Workload::Network(args) => runtime.block_on(network::run(args)),
         Workload::BaselineServe => runtime.block_on(baseline::serve()),
     }
 }
@@ -342,6 +346,13 @@ impl Admin {
     }
 
     async fn with_station(server: &BenchServer, name: &str) -> anyhow::Result<Admin> {
+        let mut admin = Admin::sign_in(server).await?;
+        admin.station = admin.another_station(name).await?;
+        Ok(admin)
+    }
+
+    /// Signed in, with no station of its own yet.
+    async fn sign_in(server: &BenchServer) -> anyhow::Result<Admin> {
         let base = format!("http://127.0.0.1:{}", server.port);
         let http = reqwest::Client::new();
         let session: Value = http
@@ -356,14 +367,12 @@ impl Admin {
             .as_str()
             .map(str::to_owned)
             .context("no access token")?;
-        let mut admin = Admin {
+        Ok(Admin {
             http,
             base,
             token,
             station: 0,
-        };
-        admin.station = admin.another_station(name).await?;
-        Ok(admin)
+        })
     }
 }
 

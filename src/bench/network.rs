@@ -4,8 +4,16 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::server::BenchServer;
+use super::stats::{ms, rate, summarize, Summary};
+use super::{connect_from, count_until_quiet, driver, rss_kib, subscribe_all, Admin, DRAIN_TIMEOUT};
 
 const DISTRICTS: [&str; 12] = [
     "Zhongzheng",
@@ -86,4 +94,267 @@ pub fn generate(dir: &Path, stations: usize, batteries: usize) -> anyhow::Result
     }
     out.flush()?;
     Ok((stations_path, batteries_path))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NetworkArgs {
+    #[arg(long, default_value_t = 12_000)]
+    pub stations: usize,
+    #[arg(long, default_value_t = 1_100_000)]
+    pub batteries: usize,
+    /// Dashboards that open the all-stations feed at once.
+    #[arg(long, default_value_t = 100)]
+    pub dashboards: usize,
+    /// Bookings made on each network (the big one and the 20-station one).
+    #[arg(long, default_value_t = 2_000)]
+    pub bookings: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+/// One network's booking run: latencies, and the events that reached the watchers.
+struct Booked {
+    latency: Summary,
+    booked: usize,
+    delivered: usize,
+    confirmed: usize,
+    per_sec: f64,
+}
+
+pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (20..=100_000).contains(&args.stations)
+            && (1..=5_000_000).contains(&args.batteries)
+            && (1..=1_000).contains(&args.dashboards)
+            && (1..=100_000).contains(&args.bookings)
+            && (1..=1_024).contains(&args.concurrency),
+        "stations 20..=100000, batteries ..=5000000, dashboards ..=1000, bookings ..=100000, concurrency ..=1024"
+    );
+    let dir = tempfile_dir("network")?;
+    let started = Instant::now();
+    let (stations_csv, batteries_csv) = generate(&dir, args.stations, args.batteries)?;
+    eprintln!(
+        "network: generated in {:.1} s; importing",
+        started.elapsed().as_secs_f64()
+    );
+    let env = [
+        ("SWAPCAST_RATE_LIMIT", "1000".to_owned()),
+        ("SWAPCAST_MAX_ACTIVE_BOOKINGS", "0".to_owned()),
+    ];
+    let (server, report) = BenchServer::start_loaded(&env, Some((&stations_csv, &batteries_csv)))?;
+    let admin = Admin::sign_in(&server).await?;
+    println!("network: {} stations, {} batteries", args.stations, args.batteries);
+    for line in report.lines() {
+        println!("  import         {}", line.rsplit(": ").next().unwrap_or(line));
+    }
+
+    // One reader, then many at once: greeting to the last snapshot message.
+    let one = read_whole_snapshot(server.port, 0, args.stations).await?;
+    println!(
+        "  one reader     all {} snapshots in {:.0} ms",
+        args.stations,
+        one.as_secs_f64() * 1e3
+    );
+    let rss_before = rss_kib(server.pid())?;
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let sampler = {
+        let (peak, pid) = (peak.clone(), server.pid());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(now) = rss_kib(pid) {
+                    peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let began = Instant::now();
+    let readers = (0..args.dashboards).map(|i| read_whole_snapshot(server.port, i + 1, args.stations));
+    let outcomes = futures_util::future::join_all(readers).await;
+    let all = began.elapsed();
+    sampler.abort();
+    let complete = outcomes.iter().filter(|o| o.is_ok()).count();
+    let times = summarize(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .map(|d| d.as_micros() as u64)
+            .collect(),
+    );
+    println!(
+        "  {} dashboards  {complete} of {} complete in {:.2} s (each: p50 {:.0} ms, max {:.0} ms)",
+        args.dashboards,
+        args.dashboards,
+        all.as_secs_f64(),
+        ms(times.p50),
+        ms(times.max)
+    );
+    println!(
+        "  server RSS     {:.0} MiB before, {:.0} MiB at most while they read",
+        rss_before as f64 / 1024.0,
+        peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+    );
+    if let Some(Err(e)) = outcomes.into_iter().find(|o| o.is_err()) {
+        println!("  a dashboard failed: {e:#}");
+    }
+
+    // The station list an operator opens first.
+    let url = format!("{}/api/stations?sort=-available&available_min=1", admin.base);
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let began = Instant::now();
+        let page: Value = admin.http.get(&url).send().await?.error_for_status()?.json().await?;
+        samples.push(began.elapsed().as_micros() as u64);
+        anyhow::ensure!(
+            page["items"].as_array().is_some_and(|i| !i.is_empty()),
+            "an empty first page"
+        );
+    }
+    let list = summarize(samples);
+    println!(
+        "  station list   first page of sort=-available&available_min=1: p50 {:.2} ms, p99 {:.2} ms (200 requests)",
+        ms(list.p50),
+        ms(list.p99)
+    );
+
+    let big = book(&server, &admin, &args).await?;
+    drop(server);
+    // The same bookings on a network of 20 stations with as many batteries each as the big
+    // network's stations have on average, so a booking finds the same choice of batteries.
+    let per_station = (args.batteries / args.stations).max(1);
+    let small_batteries = (20 * per_station).max(args.bookings + 20);
+    let small_dir = tempfile_dir("network-small")?;
+    let (s, b) = generate(&small_dir, 20, small_batteries)?;
+    let (small_server, _) = BenchServer::start_loaded(&env, Some((&s, &b)))?;
+    let small_admin = Admin::sign_in(&small_server).await?;
+    let small = book(&small_server, &small_admin, &NetworkArgs { stations: 20, ..args }).await?;
+    for (name, run) in [("big network", &big), ("20 stations", &small)] {
+        println!(
+            "  bookings       {name}: {} booked, {:.0}/s, p50 {:.1} ms, p99 {:.1} ms; delivered battery_booked {} of {}, booking_confirmed {} of {}",
+            run.booked,
+            run.per_sec,
+            ms(run.latency.p50),
+            ms(run.latency.p99),
+            run.delivered,
+            run.booked,
+            run.confirmed,
+            run.booked
+        );
+    }
+    println!(
+        "  p99 ratio      big / 20 stations = {:.2} (target ≤ 1.2)",
+        big.latency.p99 as f64 / small.latency.p99.max(1) as f64
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&small_dir);
+    Ok(())
+}
+
+fn tempfile_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("swapcast-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Connects to `/ws/stations/` and reads until the last of `stations` snapshots.
+async fn read_whole_snapshot(port: u16, i: usize, stations: usize) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    let stream = connect_from(i, port).await?;
+    let url = format!("ws://127.0.0.1:{port}/ws/stations/");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    let mut snapshots = 0;
+    while snapshots < stations {
+        match tokio::time::timeout(DRAIN_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.contains("\"snapshot\"") => snapshots += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => anyhow::bail!("closed after {snapshots} snapshots: {frame:?}"),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => anyhow::bail!("after {snapshots} snapshots: {e}"),
+            Ok(None) => anyhow::bail!("ended after {snapshots} snapshots"),
+            Err(_) => anyhow::bail!("silent after {snapshots} snapshots"),
+        }
+    }
+    let elapsed = began.elapsed();
+    // As a browser does: Close, and wait for the server's.
+    let _ = ws.close(None).await;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    Ok(elapsed)
+}
+
+/// Bookings at stations that have batteries, by 32 drivers, while a dashboard watches the whole
+/// network and each driver's phone its notifications.
+async fn book(server: &BenchServer, admin: &Admin, args: &NetworkArgs) -> anyhow::Result<Booked> {
+    // Stations to book at: those with batteries, spread over the network.
+    let mut stations = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/api/stations?status=online&available_min=1&limit=500", admin.base);
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = admin.http.get(&url).send().await?.error_for_status()?.json().await?;
+        stations.extend(
+            page["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["id"].as_i64()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    anyhow::ensure!(!stations.is_empty(), "no station has a battery");
+    let mut drivers = Vec::new();
+    for d in 0..32 {
+        drivers.push(driver(admin, server.port, d).await?);
+    }
+    let watcher = tokio::spawn(count_until_quiet(
+        subscribe_all(server.port, args.stations).await?,
+        "\"battery_booked\"",
+    ));
+    let (tokens, phones): (Vec<String>, Vec<_>) = drivers
+        .into_iter()
+        .map(|d| {
+            (
+                d.token,
+                tokio::spawn(count_until_quiet(d.notifications, "\"booking_confirmed\"")),
+            )
+        })
+        .unzip();
+    let began = Instant::now();
+    // Spread so that no station runs out: booking i goes to a station chosen by a stride.
+    let outcomes: Vec<(u16, Duration)> = futures_util::stream::iter((0..args.bookings).map(|i| {
+        let (token, station) = (&tokens[i % tokens.len()], stations[(i * 7919) % stations.len()]);
+        async move {
+            let began = Instant::now();
+            let status = admin
+                .http
+                .post(format!("{}/api/bookings", admin.base))
+                .bearer_auth(token)
+                .json(&json!({"station_id": station}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (status, began.elapsed())
+        }
+    }))
+    .buffer_unordered(args.concurrency)
+    .collect()
+    .await;
+    let span = began.elapsed();
+    let booked = outcomes.iter().filter(|(status, _)| *status == 201).count();
+    let delivered = watcher.await?;
+    let mut confirmed = 0;
+    for phone in phones {
+        confirmed += phone.await?;
+    }
+    Ok(Booked {
+        latency: summarize(outcomes.iter().map(|(_, d)| d.as_micros() as u64).collect()),
+        booked,
+        delivered,
+        confirmed,
+        per_sec: rate(booked, span),
+    })
 }

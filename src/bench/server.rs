@@ -2,8 +2,9 @@
 //! fresh SQLite database in a temporary folder, so it is measured as users run it.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context};
 
@@ -21,10 +22,36 @@ impl BenchServer {
     /// Creates the database and its admin, starts `swapcast serve` on a free loopback port, and
     /// waits until it listens.
     pub fn start(extra_env: &[(&str, String)]) -> anyhow::Result<BenchServer> {
+        Self::start_loaded(extra_env, None).map(|(server, _)| server)
+    }
+
+    /// [`start`](Self::start) on a network loaded first with `swapcast import` from
+    /// (stations.csv, batteries.csv); returns the import's report too.
+    pub fn start_loaded(
+        extra_env: &[(&str, String)],
+        network: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<(BenchServer, String)> {
+        static SERVERS: AtomicUsize = AtomicUsize::new(0);
         let exe = std::env::current_exe().context("locating the swapcast binary")?;
-        let dir = std::env::temp_dir().join(format!("swapcast-bench-{}", std::process::id()));
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("swapcast-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let database_url = format!("sqlite://{}", dir.join("bench.db").display());
+        let mut report = String::new();
+        if let Some((stations, batteries)) = network {
+            let import = Command::new(&exe)
+                .arg("import")
+                .arg("--stations")
+                .arg(stations)
+                .arg("--batteries")
+                .arg(batteries)
+                .env("DATABASE_URL", &database_url)
+                .output()?;
+            if !import.status.success() {
+                bail!("import failed: {}", String::from_utf8_lossy(&import.stderr));
+            }
+            report = String::from_utf8_lossy(&import.stdout).into_owned();
+        }
         let admin = Command::new(&exe)
             .args(["create-admin", "--email", ADMIN_EMAIL, "--display-name", "Bench"])
             .env("DATABASE_URL", &database_url)
@@ -46,7 +73,7 @@ impl BenchServer {
         for (name, value) in extra_env {
             command.env(name, value);
         }
-        Self::spawn(command, Some(dir))
+        Ok((Self::spawn(command, Some(dir))?, report))
     }
 
     /// Starts the reference broadcast server ([`super::baseline`]) the same way.

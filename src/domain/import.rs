@@ -110,7 +110,7 @@ fn rows(reader: csv::Reader<impl Read>) -> impl Iterator<Item = Result<(u64, csv
     })
 }
 
-fn cell<'r>(record: &'r csv::StringRecord, column: Option<usize>) -> &'r str {
+fn cell(record: &csv::StringRecord, column: Option<usize>) -> &str {
     column.and_then(|c| record.get(c)).map_or("", str::trim)
 }
 

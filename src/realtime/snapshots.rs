@@ -10,6 +10,7 @@ use crate::domain::stations;
 use crate::error::Result;
 use crate::events::log;
 use crate::events::wire::{self, Frame};
+use crate::metrics::Metrics;
 
 /// Every station's `inventory_update` with `action: snapshot`, as of one log position.
 pub struct Snapshot {
@@ -52,11 +53,12 @@ pub struct Snapshots {
 impl Snapshots {
     /// A snapshot that reflects at least every event up to `needed`: the one there is, or a new
     /// one read once for every connection waiting meanwhile.
-    pub async fn at_least(&self, pool: &Pool, needed: i64) -> Result<Arc<Snapshot>> {
+    pub async fn at_least(&self, pool: &Pool, metrics: &Metrics, needed: i64) -> Result<Arc<Snapshot>> {
         let mut current = self.current.lock().await;
         if let Some(snapshot) = current.as_ref().filter(|s| s.position >= needed) {
             return Ok(snapshot.clone());
         }
+        metrics.snapshot_reads.inc();
         let (position, texts) = db::run(pool, |conn| {
             db::read_consistent(conn, |conn| {
                 let position = log::latest_id(conn)?;

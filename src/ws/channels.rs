@@ -285,7 +285,10 @@ async fn catch_up(
             // Registered already: the snapshot must reflect every event committed before now,
             // since the registry holds only those after.
             let needed = state.read(log::latest_id).await?;
-            let snapshot = state.snapshots.at_least(&state.pool, needed).await?;
+            let snapshot = state
+                .snapshots
+                .at_least(&state.pool, &state.hub.metrics, needed)
+                .await?;
             (snapshot.position, snapshot.frames(tagged))
         }
         Channel::Station(id) => {

@@ -183,6 +183,11 @@ impl Outlet {
         !self.drains.is_empty() && self.progress.elapsed() > limit
     }
 
+    /// Whether a catch-up waits for the socket to take what it handed over.
+    pub fn catching_up(&self) -> bool {
+        !self.drains.is_empty()
+    }
+
     fn drained(&mut self) {
         for drained in self.drains.drain(..) {
             let _ = drained.send(());

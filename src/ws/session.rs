@@ -560,11 +560,18 @@ impl Actor for WsSession {
         ctx.set_mailbox_capacity(self.limits.send_queue);
         ctx.run_interval(self.limits.heartbeat, |this, ctx| {
             // A reader that stopped in the middle of a snapshot or a replay is a slow consumer
-            // (1013, resume later), whether or not it still talks.
-            if this.out().stalled(this.limits.heartbeat * MISSED_HEARTBEATS) {
+            // (1013, resume later), whether or not it still talks — and one that is silent too
+            // is that, not merely gone.
+            let limit = this.limits.heartbeat * MISSED_HEARTBEATS;
+            let silent = this.last_heard.elapsed() > limit;
+            let stopped = {
+                let out = this.out();
+                out.stalled(limit) || (silent && out.catching_up())
+            };
+            if stopped {
                 tracing::debug!(session = this.id, "reader stopped during a catch-up");
                 this.overflowed(ctx);
-            } else if this.last_heard.elapsed() > this.limits.heartbeat * MISSED_HEARTBEATS {
+            } else if silent {
                 tracing::debug!(session = this.id, "peer silent; dropping");
                 ctx.stop();
             } else {

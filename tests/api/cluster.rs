@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{create_admin_cli, postgres_db, ChildAdmin, ChildServer, TestDb, PASSWORD};
+use crate::helpers::{create_admin_cli, metric, postgres_db, ChildAdmin, ChildServer, TestDb, PASSWORD};
 use crate::wsclient::Client;
 
 const ADMIN: &str = "cluster@swapcast.test";
@@ -105,18 +105,6 @@ async fn last_event_id(server: &ChildServer) -> i64 {
     hello["last_event_id"]
         .as_i64()
         .expect("the greeting carries last_event_id")
-}
-
-async fn metric(server: &ChildServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.address()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
 }
 
 async fn add_batteries(admin: &ChildAdmin, station: i64, prefix: &str, n: usize) -> usize {

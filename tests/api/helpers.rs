@@ -427,6 +427,19 @@ fn port_in(line: &str) -> Option<u16> {
         .ok()
 }
 
+/// A counter or gauge from a child server's `/metrics`.
+pub async fn metric(server: &ChildServer, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
 /// Runs the CLI's `create-admin` on a database.
 pub fn create_admin_cli(database_url: &str, email: &str) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_swapcast"))

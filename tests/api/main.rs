@@ -8,6 +8,7 @@ mod helpers;
 mod abuse;
 mod auth;
 mod authorization;
+mod big_network;
 mod bookings;
 mod cli;
 mod cluster;

@@ -196,7 +196,7 @@ async fn the_station_list_filters_sorts_and_pages_exactly() {
     }
 
     // Filters, alone and together, under a sort.
-    let expect = |keep: &dyn Fn(&(i64, &str, &str, &str, i64)) -> bool| -> Vec<i64> {
+    let expect = |keep: &dyn Fn(&Planned) -> bool| -> Vec<i64> {
         most.iter().filter(|s| keep(s)).map(|s| s.0).collect()
     };
     let main = expect(&|s| s.1.to_lowercase().contains("main") || s.2.to_lowercase().contains("main"));
@@ -267,7 +267,10 @@ async fn the_station_list_filters_sorts_and_pages_exactly() {
     }
 }
 
-fn ids_of(stations: &[(i64, &str, &str, &str, i64)]) -> Vec<i64> {
+/// (id, name, address, status, batteries) of a station the test made.
+type Planned<'a> = (i64, &'a str, &'a str, &'a str, i64);
+
+fn ids_of(stations: &[Planned]) -> Vec<i64> {
     stations.iter().map(|s| s.0).collect()
 }
 
