@@ -16,6 +16,7 @@ mod dashboard;
 mod errors;
 mod events;
 mod idempotency;
+mod import;
 mod lists;
 mod live_identity;
 mod logs;

@@ -196,9 +196,8 @@ async fn the_station_list_filters_sorts_and_pages_exactly() {
     }
 
     // Filters, alone and together, under a sort.
-    let expect = |keep: &dyn Fn(&Planned) -> bool| -> Vec<i64> {
-        most.iter().filter(|s| keep(s)).map(|s| s.0).collect()
-    };
+    let expect =
+        |keep: &dyn Fn(&Planned) -> bool| -> Vec<i64> { most.iter().filter(|s| keep(s)).map(|s| s.0).collect() };
     let main = expect(&|s| s.1.to_lowercase().contains("main") || s.2.to_lowercase().contains("main"));
     assert_eq!(main.len(), 4);
     assert_eq!(ids(&walk(&app, "q=MaIn&sort=-available", 2).await), main);
