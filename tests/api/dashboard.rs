@@ -386,7 +386,10 @@ const BIG_BATTERIES: usize = 36_000;
 
 /// Runs the CLI and asserts it succeeded; returns what it printed.
 fn swapcast_cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_swapcast")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_swapcast"))
+        .args(args)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -398,7 +401,15 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
     let url = format!("sqlite://{}", dir.path().join("gogoro.db").display());
     let (stations, batteries) = (BIG_STATIONS.to_string(), BIG_BATTERIES.to_string());
     let out = dir.path().to_str().unwrap();
-    swapcast_cli(&["generate-network", "--stations", &stations, "--batteries", &batteries, "--out", out]);
+    swapcast_cli(&[
+        "generate-network",
+        "--stations",
+        &stations,
+        "--batteries",
+        &batteries,
+        "--out",
+        out,
+    ]);
     let (stations_csv, batteries_csv) = (format!("{out}/stations.csv"), format!("{out}/batteries.csv"));
     let report = swapcast_cli(&[
         "import",
@@ -461,7 +472,9 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
     );
 
     // Search: one station's name narrows the list to it.
-    let listed = admin.get("/api/stations?status=online&sort=name&limit=2&q=GoStation%2004").await;
+    let listed = admin
+        .get("/api/stations?status=online&sort=name&limit=2&q=GoStation%2004")
+        .await;
     let (target, other) = (&listed["items"][0], &listed["items"][1]);
     let (target_id, other_id) = (target["id"].as_i64().unwrap(), other["id"].as_i64().unwrap());
     let target_name = target["name"].as_str().unwrap();
@@ -469,7 +482,10 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
     browser.eval(SET, json!(["search", target_name])).await;
     let one = json!({"count": 1, "of": BIG_STATIONS});
     assert_eq!(browser.until(SHOWN, json!([]), &one).await, one);
-    assert_eq!(browser.until(ROWS, json!([]), &json!([target_id])).await, json!([target_id]));
+    assert_eq!(
+        browser.until(ROWS, json!([]), &json!([target_id])).await,
+        json!([target_id])
+    );
     assert_eq!(
         browser.eval(CARD, json!([target_id])).await,
         card(target_name, "online", 3, 0, 3)
@@ -480,7 +496,9 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
     let by_address = r##"return document.querySelector(`#stations [data-station-id="${arguments[0]}"]`) !== null
         && Number(document.getElementById("shown").dataset.count) < arguments[1];"##;
     assert_eq!(
-        browser.until(by_address, json!([target_id, BIG_STATIONS]), &json!(true)).await,
+        browser
+            .until(by_address, json!([target_id, BIG_STATIONS]), &json!(true))
+            .await,
         true,
         "a search by address finds the station"
     );
@@ -492,11 +510,18 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
     let offline_shown = json!({"count": offline, "of": BIG_STATIONS});
     assert_eq!(browser.until(SHOWN, json!([]), &offline_shown).await, offline_shown);
     let statuses = r##"return [...new Set([...document.querySelectorAll("#stations [data-field=status]")].map((b) => b.textContent))];"##;
-    assert_eq!(browser.until(statuses, json!([]), &json!(["offline"])).await, json!(["offline"]));
+    assert_eq!(
+        browser.until(statuses, json!([]), &json!(["offline"])).await,
+        json!(["offline"])
+    );
     browser.eval(SET, json!(["status-filter", "all"])).await;
     let none = json!({"count": 0, "of": BIG_STATIONS});
     browser.eval(SET, json!(["availability-filter", "none"])).await;
-    assert_eq!(browser.until(SHOWN, json!([]), &none).await, none, "every station has batteries");
+    assert_eq!(
+        browser.until(SHOWN, json!([]), &none).await,
+        none,
+        "every station has batteries"
+    );
     browser.eval(SET, json!(["availability-filter", "any"])).await;
     assert_eq!(browser.until(SHOWN, json!([]), &all).await, all);
 
@@ -520,7 +545,9 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
         "the station with a fourth battery moves to the top"
     );
     assert_eq!(
-        browser.until(CARD, json!([target_id]), &card(target_name, "online", 4, 0, 4)).await,
+        browser
+            .until(CARD, json!([target_id]), &card(target_name, "online", 4, 0, 4))
+            .await,
         card(target_name, "online", 4, 0, 4)
     );
 
@@ -536,7 +563,9 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
     assert_eq!(patched.status(), 200);
     browser.eval(SET, json!(["search", other_name])).await;
     assert_eq!(
-        browser.until(CARD, json!([other_id]), &card(other_name, "offline", 3, 0, 3)).await,
+        browser
+            .until(CARD, json!([other_id]), &card(other_name, "offline", 3, 0, 3))
+            .await,
         card(other_name, "offline", 3, 0, 3)
     );
     let network = admin.get("/api/network").await;
@@ -552,7 +581,11 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
     let want = json!({"count": attention_count, "first": other_id, "reason": "offline"});
     assert_eq!(browser.until(on_top, json!([]), &want).await, want);
     let shown = browser.eval(ATTENTION, json!([])).await;
-    assert_eq!(shown["shown"].as_array().map(Vec::len), Some(50), "the list shows its first 50");
+    assert_eq!(
+        shown["shown"].as_array().map(Vec::len),
+        Some(50),
+        "the list shows its first 50"
+    );
 
     // The chart: an hour of minutes, the import's events and the live ones counted, and the
     // network's available batteries as now.
@@ -574,8 +607,19 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
         "no reload"
     );
 
-    // The README's screenshot: the whole network, most available first.
+    // The README's screenshot: the whole network, most available first, on a taller window
+    // (still with few rows drawn).
     browser.eval(SET, json!(["search", ""])).await;
     assert_eq!(browser.until(SHOWN, json!([]), &all).await, all);
+    browser
+        .command(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": 1280, "height": 1000})),
+        )
+        .await;
+    let few = r##"const rows = document.querySelectorAll("#stations [data-station-id]").length;
+        return rows > 10 && rows < 200;"##;
+    assert_eq!(browser.until(few, json!([]), &json!(true)).await, true);
     browser.screenshot_if_asked().await;
 }
