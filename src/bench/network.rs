@@ -106,7 +106,7 @@ pub struct NetworkArgs {
     #[arg(long, default_value_t = 100)]
     pub dashboards: usize,
     /// Bookings made on each network (the big one and the 20-station one).
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 6_000)]
     pub bookings: usize,
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -219,10 +219,11 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
 
     let big = book(&server, &admin, &args).await?;
     drop(server);
-    // The same bookings on a network of 20 stations with as many batteries each as the big
-    // network's stations have on average, so a booking finds the same choice of batteries.
+    // The same bookings on a network of 20 stations, each with at least as many batteries as
+    // the big network's stations have on average.
     let per_station = (args.batteries / args.stations).max(1);
-    let small_batteries = (20 * per_station).max(args.bookings + 20);
+    // Twice the bookings, so no station runs out (some of the 20 are offline or in maintenance).
+    let small_batteries = (20 * per_station).max(args.bookings * 2);
     let small_dir = tempfile_dir("network-small")?;
     let (s, b) = generate(&small_dir, 20, small_batteries)?;
     let (small_server, _) = BenchServer::start_loaded(&env, Some((&s, &b)))?;

@@ -105,6 +105,7 @@ diesel::define_sql_function! {
 }
 
 /// The orders `GET /stations` lists in (`?sort=`); each ends on the id, so a cursor is exact.
+/// Every order is an index read in one direction: `-available` breaks ties by the newest id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StationSort {
     Id,
@@ -263,7 +264,7 @@ pub fn list(conn: &mut DbConn, request: &StationQuery) -> Result<Listing<Station
                 .lt(available(*n))
                 .or(stations::available_batteries
                     .eq(available(*n))
-                    .and(stations::id.gt(*id))),
+                    .and(stations::id.lt(*id))),
         ),
         Some(After::Available(n, id)) => query.filter(
             stations::available_batteries
@@ -277,7 +278,8 @@ pub fn list(conn: &mut DbConn, request: &StationQuery) -> Result<Listing<Station
         StationSort::Id => query.order(stations::id.asc()),
         StationSort::Name => query.order((stations::name.asc(), stations::id.asc())),
         StationSort::Available => query.order((stations::available_batteries.asc(), stations::id.asc())),
-        StationSort::MostAvailable => query.order((stations::available_batteries.desc(), stations::id.asc())),
+        // Ties newest first: the (available, id) index read backwards serves the order.
+        StationSort::MostAvailable => query.order((stations::available_batteries.desc(), stations::id.desc())),
     };
     let mut rows: Vec<Station> = query.limit(request.limit + 1).load(conn)?;
     let next_cursor = if rows.len() as i64 > request.limit {

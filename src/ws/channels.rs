@@ -17,6 +17,7 @@ use crate::clock::now_ms;
 use crate::db;
 use crate::domain::ids::{StationId, UserId};
 use crate::domain::stations;
+use crate::domain::values::Role;
 use crate::error::{Error, Result};
 use crate::events::wire::{self, Frame};
 use crate::events::{log, Audience};
@@ -374,6 +375,13 @@ pub async fn recheck(
         of,
         actor: actor.clone(),
     });
+    // What a caller may watch follows from their role alone — except an operator's, which also
+    // follows from which stations they operate. Unchanged and not an operator: every channel still
+    // stands as it was decided, and no station is read again (while NATS is down every signed-in
+    // connection re-checks each second; that must not become a read per channel).
+    if actor == identity.actor && actor.role != Role::Operator {
+        return;
+    }
     for channel in channels {
         match authorize(&state, Some(&actor), channel).await {
             Ok(personal) if channel != Channel::Notifications => {

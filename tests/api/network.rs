@@ -187,7 +187,7 @@ async fn the_station_list_filters_sorts_and_pages_exactly() {
     let mut fewest = stations.clone();
     fewest.sort_by_key(|s| (s.4, s.0));
     let mut most = stations.clone();
-    most.sort_by_key(|s| (-s.4, s.0));
+    most.sort_by_key(|s| (-s.4, -s.0));
     for limit in [1, 2, 4, 50] {
         assert_eq!(ids(&walk(&app, "", limit).await), by_id);
         assert_eq!(ids(&walk(&app, "sort=name", limit).await), ids_of(&by_name));
