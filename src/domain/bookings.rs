@@ -21,9 +21,6 @@ use crate::domain::values::Role;
 use crate::error::{Error, Result};
 use crate::events::{Audience, EventBody, InventoryAction};
 
-/// Expired bookings released per sweep transaction, so one sweep never holds the write lock long.
-const EXPIRY_BATCH: i64 = 100;
-
 #[derive(Clone, Debug, Serialize)]
 pub struct BookingView {
     pub id: BookingId,
@@ -293,17 +290,18 @@ fn release(ch: &mut Change, booking: &Booking, battery_to: BatteryStatus) -> Res
     transition::give_booking_place_back(ch, UserId(booking.user_id))
 }
 
-/// Expires live bookings whose hold ran out and frees their batteries; returns how many. Each
-/// expiry is the same transition a collect or cancel makes, so the sweep and a request racing it
-/// for one booking cannot both win. All the bookings are moved first, in id order, and only then
-/// what they held: a sweep holding many rows takes them in the same order as every request, so
-/// it never waits on a request that waits on it.
+/// Expires the oldest live booking whose hold ran out and frees its battery; returns how many
+/// (0 or 1). The expiry is the same transition a collect or cancel makes, so the sweep and a
+/// request racing it for one booking cannot both win. One booking per transaction, because only
+/// then does the sweep take its rows in the order every request does: a batch would hold one
+/// driver's row while it went for the next booking's battery and station, which a request of
+/// that driver may hold while it waits for the row (PostgreSQL found exactly that deadlock).
 pub fn expire_due(ch: &mut Change) -> Result<usize> {
     let due: Vec<Booking> = bookings::table
         .filter(bookings::status.eq_any([BookingStatus::Confirmed.as_str(), BookingStatus::Ready.as_str()]))
         .filter(bookings::expires_at.le(ch.now))
         .order(bookings::id.asc())
-        .limit(EXPIRY_BATCH)
+        .limit(1)
         .select(Booking::as_select())
         .load(ch.conn)?;
     let mut expired = Vec::with_capacity(due.len());

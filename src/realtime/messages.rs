@@ -51,11 +51,17 @@ pub enum ToSession {
     /// than a reader takes.
     Catchup {
         channel: Channel,
+        /// The subscription it is for ([`crate::ws`]'s outlet ignores an earlier one's).
+        generation: u64,
         items: Vec<(Option<i64>, Frame)>,
         drained: tokio::sync::oneshot::Sender<()>,
     },
     /// The channel is caught up through `position`: flush the live events held meanwhile that are newer.
-    GoLive { channel: Channel, position: i64 },
+    GoLive {
+        channel: Channel,
+        generation: u64,
+        position: i64,
+    },
     /// A message on a channel that is not an event (a `system_metrics` sample): sent if the
     /// channel is live, never held or replayed.
     Sample { channel: Channel, frame: Frame },
@@ -77,6 +83,8 @@ pub enum ToSession {
     /// The channel may not be joined (or no longer exists for this caller).
     Refused {
         channel: Channel,
+        /// The subscription refused: a later one of the same channel stands.
+        generation: u64,
         error: crate::error::Error,
     },
     /// Its outbound queue overflowed: close with 1013 so the client resumes.

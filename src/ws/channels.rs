@@ -127,6 +127,8 @@ pub struct Joining {
     /// REST request would, never as they were when the connection signed in.
     pub identity: Option<Identity>,
     pub channel: Channel,
+    /// The outlet's generation of this subscription, named by everything the catch-up sends.
+    pub generation: u64,
     /// Whether messages carry `"channel"` (`/ws`).
     pub tagged: bool,
     pub start: Start,
@@ -143,6 +145,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
         ref to,
         ref identity,
         channel,
+        generation,
         tagged,
         start,
         ref preface,
@@ -179,6 +182,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
         registered.map_err(|e| Error::Internal(anyhow::anyhow!("hub unavailable: {e}")))?;
         let wanted = Wanted {
             channel,
+            generation,
             tagged,
             start,
             preface: preface.clone(),
@@ -186,7 +190,11 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
         catch_up(&state, to, actor.as_ref(), &personal, wanted).await
     };
     if let Err(error) = outcome.await {
-        to.do_send(ToSession::Refused { channel, error });
+        to.do_send(ToSession::Refused {
+            channel,
+            generation,
+            error,
+        });
     }
 }
 
@@ -202,6 +210,7 @@ fn feed_of(channel: Channel, actor: Option<&Caller>) -> Option<log::Feed> {
 /// What a catch-up is for: which channel, in which form, from where.
 struct Wanted {
     channel: Channel,
+    generation: u64,
     tagged: bool,
     start: Start,
     preface: Option<Frame>,
@@ -216,6 +225,7 @@ async fn catch_up(
 ) -> Result<()> {
     let Wanted {
         channel,
+        generation,
         tagged,
         start,
         preface,
@@ -249,14 +259,14 @@ async fn catch_up(
             if let Some(last) = chunk.last() {
                 after = last.id.0;
             }
-            if !hand_over(to, channel, std::mem::take(&mut items)).await {
+            if !hand_over(to, channel, generation, std::mem::take(&mut items)).await {
                 return Ok(());
             }
             if done {
                 break;
             }
         }
-        return go_live(to, channel, after).await;
+        return go_live(to, channel, generation, after).await;
     }
     match start {
         Start::Resume(_) if feed.is_some() => items.push((
@@ -311,23 +321,29 @@ async fn catch_up(
         let room = CATCHUP_CHUNK.saturating_sub(items.len()).max(1);
         items.extend(rest.by_ref().take(room).map(|frame| (None, frame.clone())));
         let last = items.len() < CATCHUP_CHUNK;
-        if !hand_over(to, channel, std::mem::take(&mut items)).await {
+        if !hand_over(to, channel, generation, std::mem::take(&mut items)).await {
             return Ok(());
         }
         if last {
             break;
         }
     }
-    go_live(to, channel, position).await
+    go_live(to, channel, generation, position).await
 }
 
 /// Hands one chunk of a catch-up to the session and waits until its socket has taken it, so a
 /// snapshot or a replay of any size goes out at the pace the reader reads. False when the session
 /// or the channel went away meanwhile: nobody is left to catch up, and nothing is to be said.
-async fn hand_over(to: &Recipient<ToSession>, channel: Channel, items: Vec<(Option<i64>, Frame)>) -> bool {
+async fn hand_over(
+    to: &Recipient<ToSession>,
+    channel: Channel,
+    generation: u64,
+    items: Vec<(Option<i64>, Frame)>,
+) -> bool {
     let (drained, taken) = oneshot::channel();
     to.send(ToSession::Catchup {
         channel,
+        generation,
         items,
         drained,
     })
@@ -337,9 +353,15 @@ async fn hand_over(to: &Recipient<ToSession>, channel: Channel, items: Vec<(Opti
 }
 
 /// The channel is caught up through `position`.
-async fn go_live(to: &Recipient<ToSession>, channel: Channel, position: i64) -> Result<()> {
+async fn go_live(to: &Recipient<ToSession>, channel: Channel, generation: u64, position: i64) -> Result<()> {
     // A session that went away meanwhile refuses the message, and there is nothing to do.
-    let _ = to.send(ToSession::GoLive { channel, position }).await;
+    let _ = to
+        .send(ToSession::GoLive {
+            channel,
+            generation,
+            position,
+        })
+        .await;
     Ok(())
 }
 

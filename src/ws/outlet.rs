@@ -28,6 +28,9 @@ pub enum Need {
 }
 
 struct ChannelState {
+    /// Which subscription of the channel this is: a catch-up still running for an earlier one
+    /// (unsubscribed, then subscribed again) must not feed this one.
+    generation: u64,
     /// `Some` while catching up: the live events that arrived meanwhile.
     held: Option<Vec<(i64, Frame)>>,
     /// The newest event id sent on this channel.
@@ -59,6 +62,8 @@ pub struct Outlet {
     /// When the socket last took a frame, or a catch-up began to wait: a catch-up that waits
     /// long past it has a reader that stopped.
     progress: Instant,
+    /// The generation the next subscription gets.
+    generations: u64,
 }
 
 /// Frames a catch-up hands over at a time: each channel catching up has at most this many in the
@@ -80,6 +85,7 @@ impl Outlet {
             poked: false,
             drains: Vec::new(),
             progress: Instant::now(),
+            generations: 0,
         }
     }
 
@@ -87,18 +93,27 @@ impl Outlet {
         &self.socket
     }
 
-    /// Starts a channel, holding its live events until [`Outlet::go_live`]. False if it is
-    /// already there.
-    pub fn join(&mut self, channel: Channel) -> bool {
+    /// Starts a channel, holding its live events until [`Outlet::go_live`]; returns the
+    /// subscription's generation, which its catch-up names. `None` if it is already there.
+    pub fn join(&mut self, channel: Channel) -> Option<u64> {
         if self.has(channel) {
-            return false;
+            return None;
         }
+        self.generations += 1;
         let state = ChannelState {
+            generation: self.generations,
             held: Some(Vec::new()),
             last_sent: i64::MIN,
         };
         self.channels.push((channel, state));
-        true
+        Some(self.generations)
+    }
+
+    /// Whether `generation` is the channel's subscription now.
+    pub fn is_current(&self, channel: Channel, generation: u64) -> bool {
+        self.channels
+            .iter()
+            .any(|(c, state)| *c == channel && state.generation == generation)
     }
 
     pub fn leave(&mut self, channel: Channel) -> bool {
@@ -154,11 +169,19 @@ impl Outlet {
     /// Part of what a channel needs before its live events: a snapshot (no ids) or replayed
     /// events (ids). `drained` is told once the socket has taken all of it — the catch-up's cue
     /// for its next part — and dropped untold if the channel or the connection goes first.
-    pub fn catch_up(&mut self, channel: Channel, items: Vec<(Option<i64>, Frame)>, drained: oneshot::Sender<()>) {
+    pub fn catch_up(
+        &mut self,
+        channel: Channel,
+        generation: u64,
+        items: Vec<(Option<i64>, Frame)>,
+        drained: oneshot::Sender<()>,
+    ) {
         if self.closing {
             return;
         }
-        let Some(state) = state_of(&mut self.channels, channel) else {
+        let Some(state) =
+            state_of(&mut self.channels, channel).filter(|s| s.generation == generation && s.held.is_some())
+        else {
             return;
         };
         for (event_id, frame) in items {
@@ -195,11 +218,11 @@ impl Outlet {
     }
 
     /// The channel is caught up through `position`: the held events that are newer go out.
-    pub fn go_live(&mut self, channel: Channel, position: i64) {
+    pub fn go_live(&mut self, channel: Channel, generation: u64, position: i64) {
         if self.closing {
             return;
         }
-        let Some(state) = state_of(&mut self.channels, channel) else {
+        let Some(state) = state_of(&mut self.channels, channel).filter(|s| s.generation == generation) else {
             return;
         };
         state.last_sent = state.last_sent.max(position);
@@ -379,18 +402,18 @@ mod tests {
     #[actix::test]
     async fn live_events_wait_for_the_catch_up_and_none_is_sent_twice() {
         let (mut out, _inbound, mut peer) = outlet(16).await;
-        assert!(out.join(STATION));
-        assert!(!out.join(STATION), "joined once");
+        let generation = out.join(STATION).expect("joined");
+        assert!(out.join(STATION).is_none(), "joined once");
         assert!(!out.is_live(STATION));
         // Live events arrive while the snapshot is on its way: held, not sent.
         let (e5, e6, e7) = (event(5), event(6), event(7));
         let early = [(5, &e5.1), (6, &e6.1), (7, &e7.1)];
         out.live(STATION, &mut early.into_iter());
         let (drained, taken) = oneshot::channel();
-        out.catch_up(STATION, vec![(None, Frame::text("snapshot"))], drained);
+        out.catch_up(STATION, generation, vec![(None, Frame::text("snapshot"))], drained);
         taken.await.expect("the kernel took the snapshot at once");
         // The snapshot reflects everything up to 6: only 7 is newer.
-        out.go_live(STATION, 6);
+        out.go_live(STATION, generation, 6);
         assert!(out.is_live(STATION));
         // A late duplicate of 7 and an older event are skipped; 8 goes out.
         let (e4, e8) = (event(4), event(8));

@@ -228,7 +228,8 @@ impl WsSession {
     /// [`join`](Self::join), with a message to send before the channel's first (a seed
     /// endpoint's greeting, sent only if the channel may be joined).
     fn join_with(&mut self, channel: Channel, start: Start, preface: Option<Frame>, ctx: &mut Ctx) {
-        if !self.out().join(channel) {
+        let joined = self.out().join(channel);
+        let Some(generation) = joined else {
             if self.tagged() {
                 self.reply(
                     ctx,
@@ -238,12 +239,13 @@ impl WsSession {
                 );
             }
             return;
-        }
+        };
         let joining = channels::Joining {
             session: self.id,
             to: ctx.address().recipient(),
             identity: self.identity.clone(),
             channel,
+            generation,
             tagged: self.tagged(),
             start,
             preface,
@@ -641,17 +643,31 @@ impl Handler<ToSession> for WsSession {
             }
             ToSession::Catchup {
                 channel,
+                generation,
                 items,
                 drained,
             } => {
-                self.out().catch_up(channel, items, drained);
+                self.out().catch_up(channel, generation, items, drained);
                 self.attend(ctx);
             }
-            ToSession::GoLive { channel, position } => {
-                self.out().go_live(channel, position);
+            ToSession::GoLive {
+                channel,
+                generation,
+                position,
+            } => {
+                self.out().go_live(channel, generation, position);
                 self.attend(ctx);
             }
-            ToSession::Refused { channel, error } => self.refused(channel, error, ctx),
+            // A refusal of an earlier subscription of the channel says nothing of this one.
+            ToSession::Refused {
+                channel,
+                generation,
+                error,
+            } => {
+                if self.out().is_current(channel, generation) {
+                    self.refused(channel, error, ctx)
+                }
+            }
             ToSession::Recheck => {
                 let Some(identity) = self.identity.clone() else {
                     return;

@@ -43,6 +43,16 @@ async fn read_snapshot(
     }
     let first = client.next_json().await;
     assert_eq!(first["type"], "connection_established", "{first}");
+    read_rows(client, tagged, pause_every, started).await
+}
+
+/// The snapshot's rows after the greeting (or `subscribed`), then the live event after them.
+async fn read_rows(
+    mut client: Client,
+    tagged: bool,
+    pause_every: Option<usize>,
+    started: &AtomicUsize,
+) -> (HashSet<i64>, Value) {
     let mut seen = HashSet::new();
     let mut read = 0;
     loop {
@@ -72,6 +82,34 @@ async fn read_snapshot(
             }
         }
     }
+}
+
+/// On `/ws`: subscribes to every station, leaves in the middle of the snapshot and subscribes again
+/// at once. The first subscription's catch-up must stop at the `unsubscribed`, and the second one
+/// gets one whole snapshot of its own, then the live event — nothing twice, nothing late.
+async fn resubscribe_mid_snapshot(mut client: Client, started: &AtomicUsize) -> (HashSet<i64>, Value) {
+    assert_eq!(client.next_json().await["type"], "connection_established");
+    client.send_text(r#"{"type":"subscribe","channel":"stations"}"#).await;
+    assert_eq!(client.next_json().await["type"], "subscribed");
+    for _ in 0..300 {
+        assert_eq!(client.next_json().await["action"], "snapshot");
+    }
+    client.send_text(r#"{"type":"unsubscribe","channel":"stations"}"#).await;
+    client.send_text(r#"{"type":"subscribe","channel":"stations"}"#).await;
+    loop {
+        let message = client.next_json().await;
+        match message["type"].as_str() {
+            Some("inventory_update") => assert_eq!(message["action"], "snapshot"),
+            Some("unsubscribed") => break,
+            _ => panic!("before the unsubscribe's answer: {message}"),
+        }
+    }
+    let again = client.next_json().await;
+    assert_eq!(
+        again["type"], "subscribed",
+        "after unsubscribed, nothing of the old snapshot: {again}"
+    );
+    read_rows(client, true, None, started).await
 }
 
 #[actix_web::test]
@@ -120,12 +158,15 @@ async fn twelve_thousand_stations_reach_every_reader_at_its_own_pace() {
 
     // At once: plain readers, `/ws` readers, slow readers with a 16 KiB buffer, and replays of
     // the import's 12,000 events from the start of the log.
-    const READERS: usize = 24;
+    const READERS: usize = 25;
     let started = AtomicUsize::new(0);
     let readers = (0..READERS).map(|i| {
         let (port, started) = (server.port, &started);
         async move {
             match i % 4 {
+                _ if i == READERS - 1 => {
+                    resubscribe_mid_snapshot(connect(port, "/ws", Some(16 * 1024)).await, started).await
+                }
                 0 => read_snapshot(connect(port, "/ws/stations/", None).await, false, None, started).await,
                 1 => read_snapshot(connect(port, "/ws", None).await, true, None, started).await,
                 2 => {
