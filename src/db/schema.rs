@@ -87,6 +87,7 @@ diesel::table! {
     event_counter (id) {
         id -> Integer,
         last_id -> BigInt,
+        stations_revision -> BigInt,
     }
 }
 

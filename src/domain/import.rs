@@ -154,6 +154,7 @@ pub fn stations(ch: &mut Change, input: impl Read) -> Result<usize, ImportError>
             .collect();
         insert_many!(ch.conn, stations::table, &rows)?;
     }
+    super::stations::touched(ch.conn)?;
     Ok(parsed.len())
 }
 

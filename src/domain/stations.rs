@@ -321,6 +321,25 @@ pub fn inventory_event(
     Ok((inventory, event))
 }
 
+/// Marks the station rows changed without an event (see migration 6): the next all-stations
+/// snapshot is read afresh. Taken last in its transaction, as the event counter's row always is.
+pub fn touched(conn: &mut DbConn) -> Result<()> {
+    use crate::db::schema::event_counter;
+    diesel::update(event_counter::table.find(1))
+        .set(event_counter::stations_revision.eq(event_counter::stations_revision + 1))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Where the station rows stand: the newest event and the revision of changes without one.
+pub fn revision(conn: &mut DbConn) -> Result<(i64, i64)> {
+    use crate::db::schema::event_counter;
+    Ok(event_counter::table
+        .find(1)
+        .select((event_counter::last_id, event_counter::stations_revision))
+        .first(conn)?)
+}
+
 /// An operator assignment must name a user whose role is `operator` (CONTRACT §6: else 422).
 fn check_operator(conn: &mut DbConn, operator: Option<UserId>) -> Result<()> {
     if let Some(id) = operator {
@@ -356,6 +375,7 @@ pub fn create(ch: &mut Change, actor: &Caller, input: &NewStationInput) -> Resul
         })
         .returning(stations::all_columns)
         .get_result(ch.conn)?;
+    touched(ch.conn)?;
     StationView::new(row)
 }
 
@@ -385,6 +405,7 @@ pub fn update(ch: &mut Change, actor: &Caller, id: StationId, patch: &StationPat
         updated_at: ch.now,
     };
     let row = transition::station(ch, &current, &change)?;
+    touched(ch.conn)?;
     // Only this request's own status change is announced: its transition proved the station was
     // still in the status it was read in.
     if let Some(status) = patch.status.filter(|s| s.as_str() != current.status) {

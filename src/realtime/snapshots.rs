@@ -8,7 +8,6 @@ use crate::clock::now_ms;
 use crate::db::{self, Pool};
 use crate::domain::stations;
 use crate::error::Result;
-use crate::events::log;
 use crate::events::wire::{self, Frame};
 use crate::metrics::Metrics;
 
@@ -16,6 +15,8 @@ use crate::metrics::Metrics;
 pub struct Snapshot {
     /// The newest event the snapshot reflects.
     pub position: i64,
+    /// The stations' revision it reflects (changes that write no event: a new station, a name).
+    revision: i64,
     texts: Vec<bytestring::ByteString>,
     plain: OnceLock<Arc<[Frame]>>,
     /// With `"channel":"stations"`, for `/ws`.
@@ -51,28 +52,33 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// A snapshot that reflects at least every event up to `needed`: the one there is, or a new
-    /// one read once for every connection waiting meanwhile.
-    pub async fn at_least(&self, pool: &Pool, metrics: &Metrics, needed: i64) -> Result<Arc<Snapshot>> {
+    /// A snapshot that reflects at least the station rows as they stood at `needed` (a log
+    /// position and a stations revision, `stations::revision`): the one there is, or a new one
+    /// read once for every connection waiting meanwhile.
+    pub async fn at_least(&self, pool: &Pool, metrics: &Metrics, needed: (i64, i64)) -> Result<Arc<Snapshot>> {
         let mut current = self.current.lock().await;
-        if let Some(snapshot) = current.as_ref().filter(|s| s.position >= needed) {
+        if let Some(snapshot) = current
+            .as_ref()
+            .filter(|s| s.position >= needed.0 && s.revision >= needed.1)
+        {
             return Ok(snapshot.clone());
         }
         metrics.snapshot_reads.inc();
-        let (position, texts) = db::run(pool, |conn| {
+        let (position, revision, texts) = db::run(pool, |conn| {
             db::read_consistent(conn, |conn| {
-                let position = log::latest_id(conn)?;
+                let (position, revision) = stations::revision(conn)?;
                 let at = now_ms();
                 let texts = stations::all(conn)?
                     .iter()
                     .map(|s| wire::snapshot(s, position, at))
                     .collect();
-                Ok((position, texts))
+                Ok((position, revision, texts))
             })
         })
         .await?;
         let snapshot = Arc::new(Snapshot {
             position,
+            revision,
             texts,
             plain: OnceLock::new(),
             tagged: OnceLock::new(),

@@ -295,7 +295,7 @@ async fn catch_up(
         Channel::Stations => {
             // Registered already: the snapshot must reflect every event committed before now,
             // since the registry holds only those after.
-            let needed = state.read(log::latest_id).await?;
+            let needed = state.read(stations::revision).await?;
             let snapshot = state
                 .snapshots
                 .at_least(&state.pool, &state.hub.metrics, needed)

@@ -318,3 +318,44 @@ async fn network_totals_sum_the_stations() {
     assert_eq!(per_minute, committed, "every event of this test is in the last hour");
     assert_eq!(totals["latest_event_id"], app.last_event_id().await);
 }
+
+#[actix_web::test]
+async fn a_new_all_stations_snapshot_shows_changes_that_wrote_no_event() {
+    use crate::wsclient::Client;
+    let app = spawn_app().await;
+    let admin = Some(app.admin.token.as_str());
+    let first = app.station("First", None).await;
+    // The snapshot a connection gets, as (station id, name) pairs.
+    let snapshot = |n: usize| {
+        let app = &app;
+        async move {
+            let (mut client, _) = Client::open(app, "/ws/stations/", None).await;
+            let rows = client.events(n).await;
+            let mut rows: Vec<(i64, String)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r["station_id"].as_i64().unwrap(),
+                        r["station_name"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            rows.sort();
+            rows
+        }
+    };
+    assert_eq!(snapshot(1).await, [(first, "First".to_owned())]);
+    // Neither a new station nor a new name is an event; the next snapshot shows both anyway.
+    let second = app.station("Second", None).await;
+    app.patch(
+        &format!("/api/stations/{first}"),
+        admin,
+        json!({"name": "First, renamed"}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(
+        snapshot(2).await,
+        [(first, "First, renamed".to_owned()), (second, "Second".to_owned())]
+    );
+}

@@ -1,0 +1,1 @@
+ALTER TABLE event_counter DROP COLUMN stations_revision;
