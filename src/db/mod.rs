@@ -18,6 +18,14 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::error::{Error, Result};
 
+diesel::define_sql_function! {
+    /// Lower case by Unicode's rules on both backends, for case-insensitive search: PostgreSQL's
+    /// `lower` (migration 7), and on SQLite — whose `lower` knows ASCII only — Rust's, registered
+    /// on every connection.
+    #[sql_name = "swapcast_lower"]
+    fn unicode_lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
 /// The same domain code runs on both backends; only migrations and a few statements differ.
 #[derive(diesel::MultiConnection)]
 pub enum DbConn {
@@ -84,6 +92,8 @@ impl ManageConnection for Manager {
                      PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
                 ))
                 .map_err(r2d2::Error::QueryError)?;
+                unicode_lower_utils::register_impl(&mut conn, |text: String| text.to_lowercase())
+                    .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(conn))
             }
         }

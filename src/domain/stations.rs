@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::clock::serialize_iso;
 use crate::db::models::{NewStation, Station, StationChange};
 use crate::db::schema::stations;
-use crate::db::DbConn;
+use crate::db::{unicode_lower, DbConn};
 use crate::error::{Error, Result};
 use crate::events::{Audience, EventBody, Inventory, InventoryAction};
 
@@ -99,7 +99,6 @@ pub fn get(conn: &mut DbConn, id: StationId) -> Result<StationView> {
     StationView::new(load(conn, id)?)
 }
 
-diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
 diesel::define_sql_function! {
     fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Text>, y: diesel::sql_types::Text) -> diesel::sql_types::Text;
 }
@@ -237,10 +236,12 @@ pub fn list(conn: &mut DbConn, request: &StationQuery) -> Result<Listing<Station
     if let Some(q) = &request.q {
         let pattern = contains_pattern(q);
         query = query.filter(
-            lower(stations::name)
+            unicode_lower(stations::name)
                 .like(pattern.clone())
                 .escape('\\')
-                .or(lower(coalesce(stations::address, "")).like(pattern).escape('\\')),
+                .or(unicode_lower(coalesce(stations::address, ""))
+                    .like(pattern)
+                    .escape('\\')),
         );
     }
     if let Some(status) = request.status {

@@ -153,7 +153,7 @@ async fn the_station_list_filters_sorts_and_pages_exactly() {
     let app = spawn_app().await;
     let admin = Some(app.admin.token.as_str());
     // Names out of id order, ties in availability, odd characters in names and addresses.
-    let plan: [(&str, &str, &str, usize); 9] = [
+    let plan: [(&str, &str, &str, usize); 10] = [
         ("Taipei Main", "1 Zhongxiao Rd", "online", 3),
         ("Banqiao", "22 Wenhua Rd", "online", 1),
         ("Xinyi 100%", "7 Songren Rd", "online", 3),
@@ -163,6 +163,7 @@ async fn the_station_list_filters_sorts_and_pages_exactly() {
         ("Taipei Main", "3 Other Rd", "online", 1),
         ("Shilin", "", "online", 3),
         ("Zhongshan", "4 Nanjing Rd", "offline", 2),
+        ("École Ünïcode", "8 Rue de l'Été", "online", 1),
     ];
     let mut stations = Vec::new();
     for (i, (name, address, status, batteries)) in plan.iter().enumerate() {
@@ -226,6 +227,16 @@ async fn the_station_list_filters_sorts_and_pages_exactly() {
         expect(&|s| s.2.to_lowercase().contains("rd") && s.3 == "online" && s.4 >= 2)
     );
     assert!(walk(&app, "q=nowhere", 5).await.is_empty());
+    // Case-insensitive beyond ASCII, on SQLite as on PostgreSQL.
+    let ecole = expect(&|s| s.1.starts_with('É'));
+    assert_eq!(ecole.len(), 1);
+    for q in ["ÉCOLE", "école", "ünïcode", "ÜNÏ", "l'été"] {
+        assert_eq!(
+            ids(&walk(&app, &format!("q={q}&sort=-available"), 2).await),
+            ecole,
+            "q={q}"
+        );
+    }
 
     // A station that changes between pages neither repeats nor hides the others.
     let first = app.get("/api/stations?sort=-available&limit=3", None).await.expect(200);

@@ -1,0 +1,1 @@
+DROP FUNCTION swapcast_lower(text);

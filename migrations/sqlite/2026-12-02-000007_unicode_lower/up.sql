@@ -1,0 +1,1 @@
+-- Nothing: on SQLite swapcast_lower is registered by every connection (db::unicode_lower).
