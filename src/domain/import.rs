@@ -3,8 +3,10 @@
 //! before anything is written. Rows go in as multi-row inserts, and each station's counts move once
 //! for all its new batteries, so a million batteries load in seconds, not hours.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::rc::Rc;
 
 use diesel::prelude::*;
 
@@ -98,14 +100,60 @@ fn columns(
     Ok(found)
 }
 
+/// The line ends of the file: each `\r` or `\n` byte's offset, with the number of `\n`s up to
+/// and including it. The CSV reader places a row where it began to read it — on the end of the
+/// line before (CRLF) or on blank lines — so a row's line is counted here: the newlines before
+/// that place, and those of the line ends that follow it.
+#[derive(Clone, Default)]
+struct Newlines(Rc<RefCell<Vec<(u64, u64)>>>);
+
+impl Newlines {
+    /// The line (from 1) of the first byte at or after `offset` that ends no line.
+    fn line_of(&self, offset: u64) -> u64 {
+        let ends = self.0.borrow();
+        let first = ends.partition_point(|&(at, _)| at < offset);
+        let mut last = first;
+        while last < ends.len() && ends[last].0 == offset + (last - first) as u64 {
+            last += 1;
+        }
+        1 + last.checked_sub(1).map_or(0, |i| ends[i].1)
+    }
+}
+
+/// The file as read, noting each newline's offset on the way.
+struct Counted<R> {
+    input: R,
+    read: u64,
+    newlines: Newlines,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.input.read(buf)?;
+        let mut ends = self.newlines.0.borrow_mut();
+        let mut seen = ends.last().map_or(0, |&(_, count)| count);
+        for (i, byte) in buf[..n].iter().enumerate() {
+            if matches!(byte, b'\r' | b'\n') {
+                seen += u64::from(*byte == b'\n');
+                ends.push((self.read + i as u64, seen));
+            }
+        }
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// Each row with its line number, trimmed cells by column.
-fn rows(reader: csv::Reader<impl Read>) -> impl Iterator<Item = Result<(u64, csv::StringRecord), ImportError>> {
-    reader.into_records().map(|record| {
+fn rows(
+    reader: csv::Reader<impl Read>,
+    newlines: Newlines,
+) -> impl Iterator<Item = Result<(u64, csv::StringRecord), ImportError>> {
+    reader.into_records().map(move |record| {
         let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
+            let line = e.position().map_or(0, |p| newlines.line_of(p.byte()));
             bad(line, format!("unreadable row: {e}"))
         })?;
-        let line = record.position().map_or(0, |p| p.line());
+        let line = record.position().map_or(0, |p| newlines.line_of(p.byte()));
         Ok((line, record))
     })
 }
@@ -114,19 +162,26 @@ fn cell(record: &csv::StringRecord, column: Option<usize>) -> &str {
     column.and_then(|c| record.get(c)).map_or("", str::trim)
 }
 
-fn reader(input: impl Read) -> csv::Reader<impl Read> {
-    csv::ReaderBuilder::new()
+fn reader(input: impl Read) -> (csv::Reader<impl Read>, Newlines) {
+    let newlines = Newlines::default();
+    let counted = Counted {
+        input,
+        read: 0,
+        newlines: newlines.clone(),
+    };
+    let reader = csv::ReaderBuilder::new()
         .flexible(false)
         .trim(csv::Trim::None)
-        .from_reader(input)
+        .from_reader(counted);
+    (reader, newlines)
 }
 
 /// Stations from `name,address,status` (status empty: `online`). Returns how many.
 pub fn stations(ch: &mut Change, input: impl Read) -> Result<usize, ImportError> {
-    let mut reader = reader(input);
+    let (mut reader, newlines) = reader(input);
     let at = columns(&mut reader, &["name", "address", "status"], &["name"])?;
     let mut parsed = Vec::new();
-    for row in rows(reader) {
+    for row in rows(reader, newlines) {
         let (line, record) = row?;
         let name = StationName::parse(cell(&record, at[0])).map_err(|e| bad(line, problem(e)))?;
         let address = match cell(&record, at[1]) {
@@ -163,7 +218,7 @@ pub fn stations(ch: &mut Change, input: impl Read) -> Result<usize, ImportError>
 /// `available`, as one added through the API does, and each station that received some announces
 /// its new counts with one `inventory_update` — not one event per battery.
 pub fn batteries(ch: &mut Change, input: impl Read) -> Result<usize, ImportError> {
-    let mut reader = reader(input);
+    let (mut reader, newlines) = reader(input);
     let at = columns(
         &mut reader,
         &["station", "serial", "model", "soc", "soh"],
@@ -191,7 +246,7 @@ pub fn batteries(ch: &mut Change, input: impl Read) -> Result<usize, ImportError
     let mut added: HashMap<i64, i32> = HashMap::new();
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH);
     let mut count = 0;
-    for row in rows(reader) {
+    for row in rows(reader, newlines) {
         let (line, record) = row?;
         let name = cell(&record, at[0]);
         let station = match by_name.get(name) {

@@ -43,6 +43,13 @@ async fn a_bad_row_is_refused_by_its_line_and_nothing_of_its_file_is_imported() 
         ("name,address,status\nA,1 Rd,online\n,2 Rd,online\n", "line 3"),
         ("name,addr\nA,1 Rd\n", "line 1"),
         ("name,address,status\nA,1 Rd,online,extra\n", "line 2"),
+        // Lines as an editor numbers them, whatever the line endings and blank lines.
+        ("name,address,status\r\nok1,a,online\r\nbad,a,closed\r\n", "line 3"),
+        ("name,address,status\nok1,a,online\n\n\nbad,a,closed\n", "line 5"),
+        (
+            "name,address,status\r\n\"multi\r\nline\",\"a\r\nb\",online\r\nbad,a,closed\r\n",
+            "line 2",
+        ),
     ];
     for (text, line) in bad_stations {
         let (ok, said) = import(&url, "--stations", &write(dir.path(), "bad.csv", text));
