@@ -44,6 +44,11 @@ impl Snapshot {
     }
 }
 
+/// How far behind the log the shared snapshot may be and still serve: its users replay the events
+/// since from the log (a few chunks), instead of each reading and rendering every station again
+/// — under a steady stream of changes, connections arriving one after another share one snapshot.
+pub const REPLAY_AT_MOST: i64 = 1_000;
+
 #[derive(Default)]
 pub struct Snapshots {
     /// The newest snapshot; the lock also makes connections that need a newer one wait for a
@@ -52,14 +57,15 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// A snapshot that reflects at least the station rows as they stood at `needed` (a log
-    /// position and a stations revision, `stations::revision`): the one there is, or a new one
-    /// read once for every connection waiting meanwhile.
+    /// A snapshot that reflects the station rows as they stood at `needed` (a log position and a
+    /// stations revision, `stations::revision`), or stands at most [`REPLAY_AT_MOST`] events
+    /// before it: the one there is, or a new one read once for every connection waiting
+    /// meanwhile. Its user replays what lies between.
     pub async fn at_least(&self, pool: &Pool, metrics: &Metrics, needed: (i64, i64)) -> Result<Arc<Snapshot>> {
         let mut current = self.current.lock().await;
         if let Some(snapshot) = current
             .as_ref()
-            .filter(|s| s.position >= needed.0 && s.revision >= needed.1)
+            .filter(|s| s.position >= needed.0.saturating_sub(REPLAY_AT_MOST) && s.revision >= needed.1)
         {
             return Ok(snapshot.clone());
         }

@@ -241,32 +241,18 @@ async fn catch_up(
         (Start::Resume(after), Some(_)) => state.read(move |conn| log::can_resume_from(conn, after)).await?,
         _ => false,
     };
-    if let (Start::Resume(mut after), true, Some(feed)) = (start, resumable, feed) {
+    let replaying = Replay {
+        channel,
+        generation,
+        tagged,
+        personal,
+    };
+    if let (Start::Resume(after), true, Some(feed)) = (start, resumable, feed) {
         state.hub.metrics.resume_replays.inc();
-        loop {
-            let chunk = state
-                .read(move |conn| log::after_in(conn, feed, after, REPLAY_CHUNK))
-                .await?;
-            let done = (chunk.len() as i64) < REPLAY_CHUNK;
-            for event in &chunk {
-                let rendered = wire::render(event);
-                let shown = match event.audience {
-                    Audience::Station(station) => personal.shown_for(station),
-                    Audience::User(_) => false,
-                };
-                items.push((Some(event.id.0), form(rendered.for_viewer(shown).clone())));
-            }
-            if let Some(last) = chunk.last() {
-                after = last.id.0;
-            }
-            if !hand_over(to, channel, generation, std::mem::take(&mut items)).await {
-                return Ok(());
-            }
-            if done {
-                break;
-            }
-        }
-        return go_live(to, channel, generation, after).await;
+        return match replaying.after(state, to, feed, items, after).await? {
+            Some(last) => go_live(to, channel, generation, last).await,
+            None => Ok(()),
+        };
     }
     match start {
         Start::Resume(_) if feed.is_some() => items.push((
@@ -291,15 +277,18 @@ async fn catch_up(
         )),
         _ => {}
     }
+    // Registered already: what the connection gets before its live events must reflect every
+    // event committed before now, since the registry holds only those after. The shared
+    // all-stations snapshot may be a little older than that; the events since come from the log.
+    let mut behind = false;
     let (position, snapshot): (i64, Arc<[Frame]>) = match channel {
         Channel::Stations => {
-            // Registered already: the snapshot must reflect every event committed before now,
-            // since the registry holds only those after.
             let needed = state.read(stations::revision).await?;
             let snapshot = state
                 .snapshots
                 .at_least(&state.pool, &state.hub.metrics, needed)
                 .await?;
+            behind = snapshot.position < needed.0;
             (snapshot.position, snapshot.frames(tagged))
         }
         Channel::Station(id) => {
@@ -328,7 +317,70 @@ async fn catch_up(
             break;
         }
     }
+    let position = if behind {
+        match replaying
+            .after(state, to, log::Feed::AllStations, Vec::new(), position)
+            .await?
+        {
+            Some(last) => last,
+            None => return Ok(()),
+        }
+    } else {
+        position
+    };
     go_live(to, channel, generation, position).await
+}
+
+/// Events of a feed replayed from the log to one subscription, in the form it speaks.
+struct Replay<'a> {
+    channel: Channel,
+    generation: u64,
+    tagged: bool,
+    personal: &'a PersonalData,
+}
+
+impl Replay<'_> {
+    /// Replays the feed's events after `after`, behind `items`, a chunk at a time at the reader's
+    /// pace; returns the newest id handed over, or `None` when the subscription went away.
+    async fn after(
+        &self,
+        state: &AppState,
+        to: &Recipient<ToSession>,
+        feed: log::Feed,
+        mut items: Vec<(Option<i64>, Frame)>,
+        mut after: i64,
+    ) -> Result<Option<i64>> {
+        let name = self.channel.name();
+        loop {
+            let chunk = state
+                .read(move |conn| log::after_in(conn, feed, after, REPLAY_CHUNK))
+                .await?;
+            let done = (chunk.len() as i64) < REPLAY_CHUNK;
+            for event in &chunk {
+                let rendered = wire::render(event);
+                let shown = match event.audience {
+                    Audience::Station(station) => self.personal.shown_for(station),
+                    Audience::User(_) => false,
+                };
+                let text = rendered.for_viewer(shown);
+                let frame = if self.tagged {
+                    Frame::text(&wire::tagged(text, &name))
+                } else {
+                    Frame::text(text)
+                };
+                items.push((Some(event.id.0), frame));
+            }
+            if let Some(last) = chunk.last() {
+                after = last.id.0;
+            }
+            if !hand_over(to, self.channel, self.generation, std::mem::take(&mut items)).await {
+                return Ok(None);
+            }
+            if done {
+                return Ok(Some(after));
+            }
+        }
+    }
 }
 
 /// Hands one chunk of a catch-up to the session and waits until its socket has taken it, so a

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{kinds, spawn_app, TestApp};
 
 /// A station's counts as the API shows them, and as its batteries say they should be.
 async fn counts_agree(app: &TestApp, station: i64) -> (i64, i64, i64, i64) {
@@ -369,4 +369,56 @@ async fn a_new_all_stations_snapshot_shows_changes_that_wrote_no_event() {
         snapshot(2).await,
         [(first, "First, renamed".to_owned()), (second, "Second".to_owned())]
     );
+}
+
+/// A counter from the in-process server's `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+#[actix_web::test]
+async fn a_snapshot_a_little_behind_is_shared_and_the_events_since_are_replayed() {
+    use crate::wsclient::Client;
+    let app = spawn_app().await;
+    let stations: Vec<i64> = futures_util::future::join_all(["A", "B", "C"].map(|n| app.station(n, None))).await;
+    let (mut first, _) = Client::open(&app, "/ws/stations/", None).await;
+    let rows = first.events(3).await;
+    let position = rows[0]["last_event_id"].as_i64().unwrap();
+    assert_eq!(metric(&app, "swapcast_snapshot_reads_total").await, 1.0);
+
+    // Two events later, the next connection gets the same snapshot, then those two events from
+    // the log, in order, then live ones — the stations are not read again.
+    app.battery(stations[1], "BEHIND-1").await;
+    let (mut second, _) = Client::open(&app, "/ws/stations/", None).await;
+    let snapshot = second.events(3).await;
+    assert!(snapshot
+        .iter()
+        .all(|r| r["action"] == "snapshot" && r["last_event_id"] == position));
+    let replayed = second.events(2).await;
+    assert_eq!(kinds(&replayed), ["battery_added", "inventory_update"]);
+    assert_eq!(replayed[0]["event_id"], position + 1);
+    assert_eq!(replayed[1]["event_id"], position + 2);
+    assert_eq!(replayed[1]["available_batteries"], 1);
+    app.battery(stations[2], "BEHIND-2").await;
+    let ids = |events: Vec<serde_json::Value>| -> Vec<i64> {
+        events.iter().map(|e| e["event_id"].as_i64().unwrap()).collect()
+    };
+    // The first had the two replayed ones live; both get the next two live, once.
+    assert_eq!(
+        ids(first.events(4).await),
+        (position + 1..=position + 4).collect::<Vec<_>>()
+    );
+    assert_eq!(ids(second.events(2).await), [position + 3, position + 4]);
+    assert_eq!(metric(&app, "swapcast_snapshot_reads_total").await, 1.0);
 }
