@@ -182,19 +182,11 @@ pub fn battery(
 /// in the status it was read in, else `invalid_station_state`. Other fields are written as given
 /// and never rewrite the status a concurrent request set.
 pub fn station(ch: &mut Change, row: &Station, change: &StationChange) -> Result<Station> {
-    let moved: Option<Station> = if change.status.is_some() {
-        diesel::update(stations::table.find(row.id).filter(stations::status.eq(&row.status)))
-            .set(change)
-            .returning(stations::all_columns)
-            .get_result(ch.conn)
-            .optional()?
-    } else {
-        diesel::update(stations::table.find(row.id))
-            .set(change)
-            .returning(stations::all_columns)
-            .get_result(ch.conn)
-            .optional()?
-    };
+    let mut update = diesel::update(stations::table.find(row.id)).set(change).into_boxed();
+    if change.status.is_some() {
+        update = update.filter(stations::status.eq(&row.status));
+    }
+    let moved: Option<Station> = update.returning(stations::all_columns).get_result(ch.conn).optional()?;
     match moved {
         Some(moved) => Ok(moved),
         None => {
