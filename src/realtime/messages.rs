@@ -19,7 +19,6 @@ pub type SessionId = u64;
 /// was most of a delivery's cost). What needs the session itself (waiting for the kernel,
 /// closing) the outlet asks for through [`Attention`].
 pub trait Outlet: Send {
-    /// Live events of one channel, in order.
     /// Live events of one channel, in order; the frames are the registry's, shared by reference.
     fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention;
 }
@@ -185,6 +184,23 @@ pub struct Subscribe {
     pub personal: PersonalData,
     /// Whether messages carry `"channel"` (the `/ws` endpoint) or not (the seed endpoints).
     pub tagged: bool,
+    /// When `personal` began to be decided. A join and a re-check of the same channel run side by
+    /// side; the registry keeps the later decision whichever message arrives last, so a join that
+    /// read the station before an operator was taken off it cannot undo the re-check made after.
+    pub decided: Decided,
+}
+
+/// The order in which personal-data decisions were begun in this process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Decided(u64);
+
+impl Decided {
+    /// Taken before the database is read for the decision.
+    pub fn now() -> Decided {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Decided(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 #[derive(Message)]
@@ -247,6 +263,15 @@ pub struct Publish(pub Arc<Rendered>);
 #[rtype(result = "()")]
 pub struct UserChanged {
     pub user: UserId,
+}
+
+/// A re-check begun at `decided` found the user unchanged: the personal data their watches showed
+/// before the change shows again (unless a later change is being re-checked meanwhile).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reinstate {
+    pub session: SessionId,
+    pub decided: Decided,
 }
 
 /// Close every connection with 1001.

@@ -26,12 +26,18 @@ struct Connection {
     outlet: SharedOutlet,
     user: Option<UserId>,
     channels: Vec<Channel>,
+    /// Decisions begun before the last change to the user show no personal data: the re-check
+    /// that change started decides again.
+    hidden_before: Decided,
 }
 
 /// One subscription, with what delivering to it takes (so an event needs no lookup of the
 /// connection per recipient).
 struct Watch {
     personal: PersonalData,
+    decided: Decided,
+    /// What `personal` was before a change to the user hid it until re-checked.
+    suspended: Option<PersonalData>,
     tagged: bool,
     outlet: SharedOutlet,
     to: Recipient<ToSession>,
@@ -371,6 +377,7 @@ impl Handler<Connect> for StationRegistry {
                     outlet: msg.outlet,
                     user: msg.user,
                     channels: Vec::new(),
+                    hidden_before: Decided::default(),
                 },
             );
         }
@@ -405,13 +412,24 @@ impl Handler<Subscribe> for StationRegistry {
         if !connection.channels.contains(&msg.channel) {
             connection.channels.push(msg.channel);
         }
+        let watchers = self.watchers.entry(msg.channel).or_default();
+        if watchers.get(&msg.session).is_some_and(|w| w.decided > msg.decided) {
+            return;
+        }
+        let (personal, suspended) = if msg.decided < connection.hidden_before {
+            (PersonalData::Hidden, Some(msg.personal))
+        } else {
+            (msg.personal, None)
+        };
         let watch = Watch {
-            personal: msg.personal,
+            personal,
+            suspended,
+            decided: msg.decided,
             tagged: msg.tagged,
             outlet: connection.outlet.clone(),
             to: connection.to.clone(),
         };
-        self.watchers.entry(msg.channel).or_default().insert(msg.session, watch);
+        watchers.insert(msg.session, watch);
         self.subscribed += 1;
     }
 }
@@ -488,13 +506,36 @@ impl Handler<UserChanged> for StationRegistry {
     /// away is never used for an event committed after the change, and one that remains comes
     /// back within milliseconds.
     fn handle(&mut self, msg: UserChanged, _: &mut Context<Self>) {
-        for (session, connection) in self.connections.iter().filter(|(_, c)| c.user == Some(msg.user)) {
+        let now = Decided::now();
+        for (session, connection) in self.connections.iter_mut().filter(|(_, c)| c.user == Some(msg.user)) {
+            connection.hidden_before = now;
             for channel in &connection.channels {
                 if let Some(watch) = self.watchers.get_mut(channel).and_then(|w| w.get_mut(session)) {
-                    watch.personal = PersonalData::Hidden;
+                    let before = std::mem::replace(&mut watch.personal, PersonalData::Hidden);
+                    watch.suspended.get_or_insert(before);
                 }
             }
             connection.to.do_send(ToSession::Recheck);
+        }
+    }
+}
+
+impl Handler<Reinstate> for StationRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reinstate, _: &mut Context<Self>) {
+        let Some(connection) = self.connections.get(&msg.session) else {
+            return;
+        };
+        if msg.decided < connection.hidden_before {
+            return;
+        }
+        for channel in &connection.channels {
+            if let Some(watch) = self.watchers.get_mut(channel).and_then(|w| w.get_mut(&msg.session)) {
+                if let Some(before) = watch.suspended.take() {
+                    watch.personal = before;
+                }
+            }
         }
     }
 }
@@ -567,12 +608,15 @@ mod tests {
     use crate::events::wire::Rendered;
     use crate::realtime::sink::Sink;
 
-    /// Records the event ids each delivery call hands over.
+    /// Records the event ids each delivery call hands over, and the frames.
     #[derive(Default)]
-    struct Recorder(Vec<i64>);
+    struct Recorder(Vec<i64>, Vec<Frame>);
     impl Outlet for Recorder {
         fn live(&mut self, _: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention {
-            self.0.extend(items.map(|(id, _)| id));
+            for (id, frame) in items {
+                self.0.push(id);
+                self.1.push(frame.clone());
+            }
             Attention::None
         }
     }
@@ -583,8 +627,77 @@ mod tests {
             at: now_ms(),
             audience: Audience::Station(StationId(1)),
             public: format!(r#"{{"event_id":{event_id}}}"#).into(),
-            private: None,
+            private: Some(format!(r#"{{"event_id":{event_id},"user":"u"}}"#).into()),
         })])
+    }
+
+    /// Waits until the recorder holds `n` events, and returns whether the last showed the user.
+    async fn last_shows_user(recorder: &Mutex<Recorder>, n: usize) -> bool {
+        for _ in 0..500 {
+            if let Some(frame) = recorder.lock().unwrap().1.get(n - 1) {
+                return frame.bytes().windows(4).any(|w| w == b"user");
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("event {n} never arrived");
+    }
+
+    fn subscribe(session: SessionId, personal: PersonalData, decided: Decided) -> Subscribe {
+        Subscribe {
+            session,
+            channel: Channel::Station(StationId(1)),
+            personal,
+            tagged: false,
+            decided,
+        }
+    }
+
+    /// A join and a re-check decide side by side: whichever message comes last, the decision
+    /// begun later stands; one begun before a change to the user shows nothing personal, and a
+    /// re-check that found the user unchanged shows again what the change hid — unless it was
+    /// begun before a later change.
+    #[actix::test]
+    async fn the_later_decision_stands_whatever_arrives_last() {
+        let registry = StationRegistry::new(Arc::default()).start();
+        let recorder = watch(&registry, 7).await;
+        registry.do_send(Identify {
+            session: 7,
+            user: UserId(3),
+        });
+        let (earlier, later) = (Decided::now(), Decided::now());
+        registry.do_send(subscribe(7, PersonalData::Hidden, later));
+        registry.do_send(subscribe(7, PersonalData::Shown, earlier));
+        registry.do_send(publication(1));
+        assert!(!last_shows_user(&recorder, 1).await, "a stale decision was applied");
+
+        registry.do_send(subscribe(7, PersonalData::Shown, Decided::now()));
+        registry.do_send(publication(2));
+        assert!(last_shows_user(&recorder, 2).await);
+
+        let before_change = Decided::now();
+        registry.do_send(UserChanged { user: UserId(3) });
+        registry.do_send(publication(3));
+        assert!(!last_shows_user(&recorder, 3).await, "shown before the re-check");
+        registry.do_send(subscribe(7, PersonalData::Shown, before_change));
+        registry.do_send(Reinstate {
+            session: 7,
+            decided: before_change,
+        });
+        registry.do_send(publication(4));
+        assert!(
+            !last_shows_user(&recorder, 4).await,
+            "a re-check older than the change counted"
+        );
+
+        registry.do_send(Reinstate {
+            session: 7,
+            decided: Decided::now(),
+        });
+        registry.do_send(publication(5));
+        assert!(
+            last_shows_user(&recorder, 5).await,
+            "the unchanged user's decision did not come back"
+        );
     }
 
     async fn watch(registry: &Addr<StationRegistry>, session: SessionId) -> Arc<Mutex<Recorder>> {
@@ -603,6 +716,7 @@ mod tests {
                 channel: Channel::Station(StationId(1)),
                 personal: PersonalData::Hidden,
                 tagged: false,
+                decided: Decided::now(),
             })
             .await
             .unwrap();

@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::events::wire::{self, Frame};
 use crate::events::{log, Audience};
 use crate::protocol::ServerMessage;
-use crate::realtime::messages::{Channel, Connect, Join, PersonalData, SessionId, SharedOutlet, Subscribe, ToSession};
+use crate::realtime::messages::{
+    Channel, Connect, Decided, Join, PersonalData, Reinstate, SessionId, SharedOutlet, Subscribe, ToSession,
+};
 use crate::state::AppState;
 
 /// Where a channel starts: fresh (with a snapshot) or after an event id the client already has.
@@ -151,6 +153,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
         ref preface,
     } = joining;
     let outcome = async {
+        let decided = Decided::now();
         let actor = match identity {
             Some(identity) => Some(load_caller(&state, identity.credentials).await?),
             None => None,
@@ -175,6 +178,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
                     channel,
                     personal: personal.clone(),
                     tagged,
+                    decided,
                 };
                 state.hub.registry.local().send(subscribe).await
             }
@@ -431,6 +435,7 @@ pub async fn recheck(
     tagged: bool,
 ) {
     let of = identity.credentials;
+    let decided = Decided::now();
     let actor = match load_caller(&state, of).await {
         Ok(actor) => actor,
         Err(error @ (Error::AccountDisabled | Error::InvalidToken)) => {
@@ -451,9 +456,11 @@ pub async fn recheck(
     });
     // What a caller may watch follows from their role alone — except an operator's, which also
     // follows from which stations they operate. Unchanged and not an operator: every channel still
-    // stands as it was decided, and no station is read again (while NATS is down every signed-in
-    // connection re-checks each second; that must not become a read per channel).
+    // stands as it was decided and shows again what the change hid, and no station is read again
+    // (while NATS is down every signed-in connection re-checks each second; that must not become a
+    // read per channel).
     if actor == identity.actor && actor.role != Role::Operator {
+        state.hub.registry.local().do_send(Reinstate { session, decided });
         return;
     }
     for channel in channels {
@@ -465,6 +472,7 @@ pub async fn recheck(
                     channel,
                     personal,
                     tagged,
+                    decided,
                 };
                 if state.hub.registry.local().send(again).await.is_err() {
                     return;

@@ -161,6 +161,14 @@ async fn case(app: &TestApp, path: &str, via: Via, revocation: Revocation) {
         client.send_text(r#"{"type":"subscribe","channel":"system"}"#).await;
         until(&mut client, |m| m["type"] == "subscribed" && m["channel"] == "system").await;
     }
+    if multiplexed && revocation == Revocation::Reassign {
+        // Subscribed on sign-in — which must have read the station before it is taken away.
+        let name = format!("station:{station}");
+        until(&mut client, |m| {
+            m["type"] == "subscribed" && m["channel"] == name.as_str()
+        })
+        .await;
+    }
     if multiplexed && revocation != Revocation::Reassign {
         // (An operator is subscribed to their own stations on sign-in.)
         client
@@ -389,6 +397,36 @@ async fn logout_ends_one_session_and_all_ends_every_one() {
     app.post("/api/auth/logout", None, json!({}))
         .await
         .expect_error(422, "validation_failed");
+}
+
+/// A change to a user that takes nothing away — here another of their sign-in sessions ending —
+/// hides personal data only until the re-check: an admin's dashboard shows bookers again.
+#[actix_web::test]
+async fn an_admin_keeps_personal_data_when_another_session_ends() {
+    let app = &scene(None).await;
+    let (email, desk) = subject(app, "admin").await;
+    let phone = sign_in(app, &email).await;
+    let station = app.station("Desk", None).await;
+    let mut client = connect(app, "/ws/stations/", Via::Header, &desk, "").await;
+    answers(&mut client).await;
+    app.post("/api/auth/logout", None, json!({"refresh_token": phone.refresh}))
+        .await
+        .expect(204);
+    // Events committed before the re-check lands may hide the booker; one after it shows them.
+    let driver = app.user("user").await;
+    for attempt in 0..100 {
+        app.battery(station, &format!("DESK-{attempt}")).await;
+        app.book(station, &driver).await;
+        let booked = until(&mut client, |m| {
+            m["type"] == "battery_booked" && m["station_id"] == station
+        })
+        .await;
+        if booked.get("user").is_some() {
+            assert_eq!(booked["user"], driver.email.as_str(), "{booked}");
+            return;
+        }
+    }
+    panic!("the admin never saw a booker again after another session ended");
 }
 
 /// A rotated refresh token presented again ends its whole session: the thief's successor tokens
