@@ -60,6 +60,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// What each change of a batch that failed as a whole is told: the database's unavailability
+    /// stays a 503; anything else is internal, with the cause logged once by the caller.
+    pub fn for_each_change(&self) -> Error {
+        match self {
+            Error::Unavailable(message) => Error::Unavailable(message.clone()),
+            other => Error::Internal(anyhow::anyhow!("the batch holding this change failed: {other}")),
+        }
+    }
+
     /// A validation error about one field.
     pub fn field(name: &str, message: impl Into<String>) -> Self {
         Error::Validation(BTreeMap::from([(name.to_owned(), message.into())]))

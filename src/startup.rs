@@ -185,7 +185,7 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         hub.join_cluster(url, &cluster).await?;
         tracing::info!(node = &*hub.node, cluster, "joined the cluster");
     }
-    let writer = Writer::start(&settings.database_url)?;
+    let writer = Writer::start(&settings.database_url, crate::domain::commit::batch)?;
     let settings_login_attempts = settings.login_attempts;
     // Argon2 hashes on at most half the cores, so a flood of sign-ins leaves the rest to
     // requests that need no hash.

@@ -6,18 +6,22 @@ use std::sync::Arc;
 use crate::auth::guard::LoginGuard;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
+use tokio::sync::oneshot;
+
 use crate::db::writer::Writer;
 use crate::db::{self, DbConn, Pool};
-use crate::domain::{self, Change};
-use crate::error::Result;
+use crate::domain::commit::Queued;
+use crate::domain::Change;
+use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::realtime::snapshots::Snapshots;
 use crate::realtime::Hub;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
-    /// SQLite's one writer thread, which every change goes through (`None` on PostgreSQL).
-    pub writer: Option<Writer>,
+    /// The database's one writer thread, which every change goes through, in batches.
+    pub writer: Writer<Box<dyn Queued>>,
     pub settings: Arc<Settings>,
     pub keys: Arc<TokenKeys>,
     pub hub: Hub,
@@ -48,17 +52,19 @@ impl AppState {
         G: FnOnce(&T, &Hub) + Send + 'static,
         T: Send + 'static,
     {
-        let hub = self.hub.clone();
-        let change = move |conn: &mut DbConn| {
-            let committed = domain::commit(conn, f)?;
-            hub.publish(committed.events);
-            then(&committed.value, &hub);
-            Ok(committed.value)
+        let (done, answer) = oneshot::channel();
+        let queued = Pending {
+            f: Some(f),
+            then: Some(then),
+            value: None,
+            hub: self.hub.clone(),
+            span: tracing::Span::current(),
+            done,
         };
-        match &self.writer {
-            Some(writer) => writer.run(change).await,
-            None => db::run(&self.pool, change).await,
-        }
+        self.writer.submit(Box::new(queued))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the database writer dropped a change")))?
     }
 
     /// Runs a read (or a write that produces no events) off the async threads.
@@ -68,5 +74,48 @@ impl AppState {
         T: Send + 'static,
     {
         db::run(&self.pool, f).await
+    }
+}
+
+/// A change in the writer's queue: the change, what to do after its commit, and whom to answer.
+struct Pending<T, F, G> {
+    f: Option<F>,
+    then: Option<G>,
+    value: Option<T>,
+    hub: Hub,
+    span: tracing::Span,
+    done: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F, G> Queued for Pending<T, F, G>
+where
+    F: FnOnce(&mut Change) -> Result<T> + Send + 'static,
+    G: FnOnce(&T, &Hub) + Send + 'static,
+    T: Send + 'static,
+{
+    fn stage(&mut self, ch: &mut Change) -> Result<()> {
+        let _entered = self.span.enter();
+        let f = self.f.take().expect("a change is staged once");
+        self.value = Some(f(ch)?);
+        Ok(())
+    }
+
+    /// On the writer's thread right after the commit, so the events are published even if the
+    /// request that made them was abandoned meanwhile.
+    fn committed(self: Box<Self>, events: Vec<Event>) {
+        let Pending {
+            then, value, hub, done, ..
+        } = *self;
+        let value = value.expect("a committed change was staged");
+        hub.publish(events);
+        if let Some(then) = then {
+            then(&value, &hub);
+        }
+        // The caller may have gone (its request was abandoned); the change stands regardless.
+        let _ = done.send(Ok(value));
+    }
+
+    fn refused(self: Box<Self>, error: Error) {
+        let _ = self.done.send(Err(error));
     }
 }

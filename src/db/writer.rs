@@ -1,17 +1,16 @@
-//! SQLite's one writer: a thread of its own with a connection of its own, running the changes
-//! sent to it one after another.
+//! The database's one writer per process: a thread of its own with a connection of its own, which
+//! takes the changes queued for it in batches — whatever is waiting when it is free — and hands
+//! each batch to the group commit ([`crate::domain::commit`]).
 //!
-//! SQLite lets one transaction write at a time. With writes spread over the pool, every waiting
-//! writer is a parked thread to wake (a context switch per hand-over), and every commit empties
-//! the page cache of the pool's other connections, which then read pages back from the file. One
-//! writer thread takes its queue back to back and keeps its cache warm. Reads still use the pool.
-//! PostgreSQL has no such limit; there, changes run on the pool as before.
+//! One commit, one fsync, for a batch instead of one per change, and on SQLite (which lets one
+//! transaction write at a time) no parked writer threads to wake and a page cache kept warm. On
+//! PostgreSQL every event-producing transaction of the deployment takes the event counter's row
+//! first, so writers are serial there too; batching is what makes that cheap. Reads use the pool.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 
 use diesel::r2d2::ManageConnection;
-use tokio::sync::oneshot;
 
 use super::{DbConn, Manager, Target};
 use crate::error::{Error, Result};
@@ -19,64 +18,96 @@ use crate::error::{Error, Result};
 /// Changes waiting for the writer beyond this are refused (503) rather than queued without end.
 const QUEUE: usize = 4096;
 
-type Job = Box<dyn FnOnce(&mut DbConn) + Send>;
+/// At most this many changes share one transaction: a batch stays short, and a change that came
+/// in behind a full one waits for one more commit at most.
+pub const MAX_BATCH: usize = 256;
 
-#[derive(Clone, Debug)]
-pub struct Writer {
-    jobs: mpsc::SyncSender<Job>,
+/// What the writer queues: a change that can be refused without running.
+pub trait Job: Send + 'static {
+    /// The database cannot be reached: answer without running.
+    fn refuse(self, error: Error);
 }
 
-impl Writer {
-    /// The writer of a SQLite database, or `None` for PostgreSQL.
-    pub fn start(database_url: &str) -> anyhow::Result<Option<Writer>> {
-        let target = Target::parse(database_url);
-        if !matches!(target, Target::Sqlite(_)) {
-            return Ok(None);
+pub struct Writer<J> {
+    jobs: mpsc::SyncSender<J>,
+}
+
+impl<J> Clone for Writer<J> {
+    fn clone(&self) -> Self {
+        Writer {
+            jobs: self.jobs.clone(),
         }
-        let manager = Manager { target };
-        let mut conn = manager.connect()?;
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                // Ends when every `Writer` handle is gone.
-                for job in queue {
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
-                        conn = recover(&manager, conn);
+    }
+}
+
+impl<J: Job> Writer<J> {
+    /// Starts the writer of this database; `batch` runs each batch on the writer's connection and
+    /// says whether the database failed it as a whole (then the connection is checked, and opened
+    /// again when it was lost). A panic in `batch` drops its jobs (their callers hear of an
+    /// internal error) and the writer goes on with a clean connection.
+    pub fn start(
+        database_url: &str,
+        mut batch: impl FnMut(&mut DbConn, Vec<J>) -> Result<()> + Send + 'static,
+    ) -> anyhow::Result<Writer<J>> {
+        let manager = Manager {
+            target: Target::parse(database_url),
+        };
+        let mut conn = Some(manager.connect()?);
+        let (jobs, queue) = mpsc::sync_channel::<J>(QUEUE);
+        std::thread::Builder::new().name("db-writer".into()).spawn(move || {
+            // Ends when every `Writer` handle is gone.
+            while let Ok(first) = queue.recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
                     }
                 }
-            })?;
-        Ok(Some(Writer { jobs }))
+                if conn.is_none() {
+                    conn = reconnect(&manager);
+                }
+                let Some(open) = conn.as_mut() else {
+                    for job in jobs {
+                        job.refuse(Error::Unavailable("the database is unreachable".into()));
+                    }
+                    continue;
+                };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| batch(open, jobs))) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        if manager.is_valid(open).is_err() {
+                            conn = reconnect(&manager);
+                        }
+                    }
+                    Err(_) => conn = conn.take().and_then(|taken| recover(&manager, taken)),
+                }
+            }
+        })?;
+        Ok(Writer { jobs })
     }
 
-    /// Runs `f` on the writer's connection and waits for its result without blocking the caller's
-    /// thread. A panic in `f` is an internal error, and the writer goes on with a clean connection.
-    pub async fn run<T, F>(&self, f: F) -> Result<T>
-    where
-        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        let (done, result) = oneshot::channel();
-        let span = tracing::Span::current();
-        let job: Job = Box::new(move |conn| {
-            let _entered = span.enter();
-            // A panic in `f` drops `done`: the caller hears of it as a dropped change.
-            let outcome = f(conn);
-            // The caller may have gone (its request was abandoned); the change stands regardless.
-            let _ = done.send(outcome);
-        });
+    /// Queues a job; refused at once (503) when too many are waiting.
+    pub fn submit(&self, job: J) -> Result<()> {
         self.jobs.try_send(job).map_err(|e| match e {
             mpsc::TrySendError::Full(_) => Error::Unavailable("too many changes waiting for the database".into()),
             mpsc::TrySendError::Disconnected(_) => Error::Internal(anyhow::anyhow!("the database writer stopped")),
-        })?;
-        result
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the database writer dropped a change")))?
+        })
     }
 }
 
-/// After a change panicked mid-transaction: roll it back, or start over with a new connection.
-fn recover(manager: &Manager, mut conn: DbConn) -> DbConn {
+fn reconnect(manager: &Manager) -> Option<DbConn> {
+    match manager.connect() {
+        Ok(fresh) => Some(fresh),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the database for writing");
+            None
+        }
+    }
+}
+
+/// After a batch panicked mid-transaction: roll it back, or start over with a new connection.
+fn recover(manager: &Manager, mut conn: DbConn) -> Option<DbConn> {
     use diesel::connection::TransactionManager;
     tracing::error!("a database change panicked; rolling it back");
     let clean =
@@ -84,62 +115,8 @@ fn recover(manager: &Manager, mut conn: DbConn) -> DbConn {
             Ok(None) => true,
             _ => <DbConn as TransactionManager<DbConn>>::rollback_transaction(&mut conn).is_ok(),
         };
-    if clean {
-        return conn;
+    if clean && !manager.has_broken(&mut conn) {
+        return Some(conn);
     }
-    match manager.connect() {
-        Ok(fresh) => fresh,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot reopen the database for writing; keeping the old connection");
-            conn
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use diesel::connection::SimpleConnection;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_panicking_change_is_an_error_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("w.db").display());
-        let writer = Writer::start(&url).unwrap().expect("SQLite has a writer");
-        writer
-            .run(|conn| Ok(conn.batch_execute("CREATE TABLE t (x INTEGER)")?))
-            .await
-            .unwrap();
-        let panicked = writer
-            .run(|conn| -> Result<()> {
-                crate::db::write(conn, |conn| {
-                    conn.batch_execute("INSERT INTO t VALUES (1)")?;
-                    panic!("mid-transaction")
-                })
-            })
-            .await;
-        assert!(matches!(panicked, Err(Error::Internal(_))), "{panicked:?}");
-        // The half-done transaction was rolled back, and the next change commits.
-        let count = writer
-            .run(|conn| {
-                crate::db::write(conn, |conn| Ok(conn.batch_execute("INSERT INTO t VALUES (2)")?))?;
-                use diesel::RunQueryDsl;
-                #[derive(diesel::QueryableByName)]
-                struct Count {
-                    #[diesel(sql_type = diesel::sql_types::BigInt)]
-                    n: i64,
-                }
-                let rows: Vec<Count> = diesel::sql_query("SELECT COUNT(*) AS n FROM t").load(conn)?;
-                Ok(rows[0].n)
-            })
-            .await
-            .unwrap();
-        assert_eq!(count, 1);
-    }
-
-    #[test]
-    fn postgres_has_no_writer() {
-        assert!(Writer::start("postgres://nowhere/db").unwrap().is_none());
-    }
+    reconnect(manager).or(Some(conn))
 }

@@ -6,6 +6,7 @@
 
 pub mod batteries;
 pub mod bookings;
+pub mod commit;
 pub mod ids;
 pub mod import;
 pub mod input;
@@ -17,10 +18,9 @@ pub mod values;
 
 use serde::Serialize;
 
-use crate::clock::now_ms;
-use crate::db::{self, DbConn};
+use crate::db::DbConn;
 use crate::error::{Error, Result};
-use crate::events::{self, Audience, Event, EventBody};
+use crate::events::{Audience, Event, EventBody};
 
 /// One change in progress: the open transaction, its clock, and the events it will commit.
 pub struct Change<'c> {
@@ -43,21 +43,7 @@ pub struct Committed<T> {
     pub events: Vec<Event>,
 }
 
-/// Runs `f` as one transaction whose events are written to the log inside it. If `f` fails,
-/// nothing is written — no rows and no events.
-pub fn commit<T>(conn: &mut DbConn, f: impl FnOnce(&mut Change) -> Result<T>) -> Result<Committed<T>> {
-    db::write(conn, |conn| {
-        let mut change = Change {
-            conn,
-            now: now_ms(),
-            pending: Vec::new(),
-        };
-        let value = f(&mut change)?;
-        let Change { conn, now, pending } = change;
-        let events = events::log::append(conn, now, pending)?;
-        Ok(Committed { value, events })
-    })
-}
+pub use commit::commit;
 
 /// Keyset pagination: `after` is the id the previous page ended on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

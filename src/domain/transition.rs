@@ -13,9 +13,11 @@
 //! Conditional updates rather than `SELECT … FOR UPDATE`, because SQLite has no row locks and the
 //! same statement must be the guard on both.
 //!
-//! Every transaction takes its row locks in one order — bookings, then batteries, then their
-//! stations' counts, then the driver's row, and the event counter last (`events::log::append`) — so
-//! no two can wait on each other.
+//! Every transaction that may produce events takes the event counter's row first
+//! (`events::log::take_turn`), so on PostgreSQL such transactions — each a batch of changes, see
+//! [`super::commit`] — run one after another and never wait on each other. Within one, the rows are
+//! still taken in one order — bookings, then batteries, then their stations' counts, then the
+//! driver's row.
 //!
 //! A station's inventory counts move here too, with every battery that enters, leaves or changes
 //! state: no read or change ever counts a station's batteries (CONTRACT §5 v2).

@@ -15,7 +15,26 @@ use crate::db::DbConn;
 use crate::domain::ids::{EventId, StationId, UserId};
 use crate::error::{Error, Result};
 
-/// Writes the pending events of one transaction and returns them with their ids, in order.
+/// Takes the turn to write events: on PostgreSQL the counter row's lock, first thing in every
+/// transaction that may produce events, so such transactions run one after another and none
+/// waits on another while holding what that one needs (SQLite's `BEGIN IMMEDIATE` already took the
+/// database's one write lock).
+pub fn take_turn(conn: &mut DbConn) -> Result<()> {
+    if let DbConn::Pg(pg) = conn {
+        event_counter::table
+            .find(1)
+            .select(event_counter::last_id)
+            .for_update()
+            .get_result::<i64>(pg)?;
+    }
+    Ok(())
+}
+
+/// Rows per insert statement: well within both backends' limits on bound values.
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// Writes the pending events of one transaction (one change, or a batch of them in order) and
+/// returns them with their ids, in order: one counter update and one insert per thousand events.
 pub fn append(conn: &mut DbConn, at: i64, pending: Vec<(Audience, EventBody)>) -> Result<Vec<Event>> {
     if pending.is_empty() {
         return Ok(Vec::new());
@@ -26,27 +45,34 @@ pub fn append(conn: &mut DbConn, at: i64, pending: Vec<(Audience, EventBody)>) -
         .returning(event_counter::last_id)
         .get_result(conn)?;
     let first = last - count + 1;
+    let mut rows = Vec::with_capacity(pending.len());
     let mut written = Vec::with_capacity(pending.len());
     for (offset, (audience, body)) in pending.into_iter().enumerate() {
         let (station_id, user_id) = match audience {
             Audience::Station(s) => (Some(s.0), None),
             Audience::User(u) => (None, Some(u.0)),
         };
-        let row = EventRow {
-            id: first + offset as i64,
+        let id = first + offset as i64;
+        rows.push(EventRow {
+            id,
             kind: body.kind().to_owned(),
             station_id,
             user_id,
             payload: serde_json::to_string(&body).map_err(anyhow::Error::from)?,
             created_at: at,
-        };
-        diesel::insert_into(events::table).values(&row).execute(conn)?;
+        });
         written.push(Event {
-            id: EventId(row.id),
+            id: EventId(id),
             at,
             audience,
             body,
         });
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        match conn {
+            DbConn::Sqlite(c) => diesel::insert_into(events::table).values(chunk).execute(c)?,
+            DbConn::Pg(c) => diesel::insert_into(events::table).values(chunk).execute(c)?,
+        };
     }
     Ok(written)
 }

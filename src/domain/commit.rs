@@ -1,0 +1,223 @@
+//! Group commit: the changes queued for the writer ([`crate::db::writer`]) run in one
+//! transaction, each in a savepoint of its own — a change that fails rolls back itself alone and
+//! is refused; the others go on. The event counter is taken once, first, and bumped once for the
+//! whole batch; the batch commits once; only then is each change's caller answered and its events
+//! published, change after change in the order of their ids.
+//!
+//! A change therefore sees the changes before it in its batch as a later transaction would see
+//! them committed: the exclusive transitions, the booking limit and idempotency keys hold within a
+//! batch as across batches.
+
+use std::panic::AssertUnwindSafe;
+
+use diesel::connection::TransactionManager;
+
+use super::Change;
+use crate::clock::now_ms;
+use crate::db::{self, DbConn};
+use crate::error::{Error, Result};
+use crate::events::{self, Audience, Event, EventBody};
+
+/// One change waiting for its batch. The writer stages it, then either commits it (with its
+/// events, ids assigned) or refuses it.
+pub trait Queued: Send + 'static {
+    /// Runs the change inside the batch's transaction; what it returns is kept for
+    /// [`committed`](Self::committed).
+    fn stage(&mut self, ch: &mut Change) -> Result<()>;
+    /// The batch holding the change committed: publish its events and answer.
+    fn committed(self: Box<Self>, events: Vec<Event>);
+    /// The change did not commit: answer with why.
+    fn refused(self: Box<Self>, error: Error);
+}
+
+impl crate::db::writer::Job for Box<dyn Queued> {
+    fn refuse(self, error: Error) {
+        self.refused(error)
+    }
+}
+
+/// A change staged in the open transaction, with the events it will commit.
+struct Staged {
+    change: Box<dyn Queued>,
+    pending: Vec<(Audience, EventBody)>,
+}
+
+/// Runs one batch: everything in one transaction, a savepoint per change. `Err` when the
+/// database failed the batch as a whole (every change is then refused with that error).
+pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
+    let now = now_ms();
+    let mut staged: Vec<Staged> = Vec::with_capacity(changes.len());
+    let mut queue = changes.into_iter();
+    let outcome = db::write(conn, |conn| {
+        events::log::take_turn(conn)?;
+        for mut change in queue.by_ref() {
+            <DbConn as TransactionManager<DbConn>>::begin_transaction(conn)?;
+            let mut ch = Change {
+                conn,
+                now,
+                pending: Vec::new(),
+            };
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| change.stage(&mut ch)));
+            let pending = std::mem::take(&mut ch.pending);
+            match ran {
+                Ok(Ok(())) => {
+                    <DbConn as TransactionManager<DbConn>>::commit_transaction(conn)?;
+                    staged.push(Staged { change, pending });
+                }
+                Ok(Err(error)) => {
+                    <DbConn as TransactionManager<DbConn>>::rollback_transaction(conn)?;
+                    change.refused(error);
+                }
+                Err(_) => {
+                    tracing::error!("a database change panicked; rolling it back");
+                    <DbConn as TransactionManager<DbConn>>::rollback_transaction(conn)?;
+                    change.refused(Error::Internal(anyhow::anyhow!("the change failed")));
+                }
+            }
+        }
+        let counts: Vec<usize> = staged.iter().map(|s| s.pending.len()).collect();
+        let pending = staged.iter_mut().flat_map(|s| std::mem::take(&mut s.pending)).collect();
+        let events = events::log::append(conn, now, pending)?;
+        Ok((counts, events))
+    });
+    match outcome {
+        Ok((counts, events)) => {
+            let mut events = events.into_iter();
+            for (staged, n) in staged.into_iter().zip(counts) {
+                staged.change.committed(events.by_ref().take(n).collect());
+            }
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "a batch of changes failed");
+            // Nothing of the batch committed: every change staged, and every one not reached yet,
+            // hears why.
+            for s in staged {
+                s.change.refused(error.for_each_change());
+            }
+            for change in queue {
+                change.refused(error.for_each_change());
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Runs `f` as one transaction of its own (outside the writer: the command line's changes),
+/// its events written to the log inside it. If `f` fails, nothing is written — no rows and no
+/// events.
+pub fn commit<T>(conn: &mut DbConn, f: impl FnOnce(&mut Change) -> Result<T>) -> Result<super::Committed<T>> {
+    db::write(conn, |conn| {
+        events::log::take_turn(conn)?;
+        let mut change = Change {
+            conn,
+            now: now_ms(),
+            pending: Vec::new(),
+        };
+        let value = f(&mut change)?;
+        let Change { conn, now, pending } = change;
+        let events = events::log::append(conn, now, pending)?;
+        Ok(super::Committed { value, events })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use diesel::connection::SimpleConnection;
+    use diesel::RunQueryDsl;
+
+    use super::*;
+    use crate::domain::ids::StationId;
+    use crate::domain::values::StationStatus;
+
+    /// A change that writes a row with `x` and emits one event per `events`, or fails (or panics)
+    /// after writing; it reports how it ended.
+    struct Probe {
+        x: i64,
+        events: usize,
+        ends: &'static str,
+        report: mpsc::Sender<(i64, std::result::Result<Vec<i64>, String>)>,
+    }
+
+    impl Queued for Probe {
+        fn stage(&mut self, ch: &mut Change) -> Result<()> {
+            ch.conn.batch_execute(&format!("INSERT INTO t VALUES ({})", self.x))?;
+            for _ in 0..self.events {
+                ch.emit(
+                    Audience::Station(StationId(self.x)),
+                    EventBody::StationStatus {
+                        station_id: StationId(self.x),
+                        station_name: "probe".into(),
+                        status: StationStatus::Online,
+                        message: String::new(),
+                    },
+                );
+            }
+            match self.ends {
+                "fails" => Err(Error::conflict("probe", "refused")),
+                "panics" => panic!("mid-change"),
+                _ => Ok(()),
+            }
+        }
+        fn committed(self: Box<Self>, events: Vec<Event>) {
+            let ids = events.iter().map(|e| e.id.0).collect();
+            self.report.send((self.x, Ok(ids))).unwrap();
+        }
+        fn refused(self: Box<Self>, error: Error) {
+            self.report.send((self.x, Err(error.to_string()))).unwrap();
+        }
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct X {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        x: i64,
+    }
+
+    /// One failure and one panic in a batch roll back themselves alone: the rest commit once, with
+    /// consecutive event ids in the order of the batch, and nothing of the refused ones remains.
+    #[test]
+    fn a_failing_change_rolls_back_alone_and_the_rest_commit_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&dir.path().join("c.db").display().to_string(), Some(1)).unwrap();
+        let mut conn = pool.get().unwrap();
+        db::migrate(&mut conn).unwrap();
+        conn.batch_execute("CREATE TABLE t (x BIGINT)").unwrap();
+        let (report, reports) = mpsc::channel();
+        let plan = [
+            (1, 2, "commits"),
+            (2, 1, "fails"),
+            (3, 1, "commits"),
+            (4, 3, "panics"),
+            (5, 1, "commits"),
+        ];
+        let changes: Vec<Box<dyn Queued>> = plan
+            .iter()
+            .map(|&(x, events, ends)| {
+                Box::new(Probe {
+                    x,
+                    events,
+                    ends,
+                    report: report.clone(),
+                }) as Box<dyn Queued>
+            })
+            .collect();
+        batch(&mut conn, changes).unwrap();
+        drop(report);
+        let mut outcomes: Vec<_> = reports.iter().collect();
+        outcomes.sort_by_key(|(x, _)| *x);
+        let committed: Vec<_> = outcomes
+            .iter()
+            .filter_map(|(x, r)| r.as_ref().ok().map(|ids| (*x, ids.clone())))
+            .collect();
+        assert_eq!(committed, vec![(1, vec![1, 2]), (3, vec![3]), (5, vec![4])]);
+        assert!(outcomes[1].1.as_ref().is_err_and(|e| e == "refused"), "{outcomes:?}");
+        assert!(outcomes[3].1.is_err(), "{outcomes:?}");
+        let rows: Vec<X> = diesel::sql_query("SELECT x FROM t ORDER BY x").load(&mut conn).unwrap();
+        assert_eq!(rows.iter().map(|r| r.x).collect::<Vec<_>>(), vec![1, 3, 5]);
+        let logged = events::log::after(&mut conn, 0, 100).unwrap();
+        assert_eq!(logged.iter().map(|e| e.id.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    }
+}
