@@ -30,6 +30,16 @@ pub fn is_station_staff(actor: &Caller, station_operator: Option<UserId>) -> boo
     actor.role == Role::Admin || (actor.role == Role::Operator && station_operator == Some(actor.id))
 }
 
+/// Sending telemetry in batches: admins, and operators (each reading then for their own stations'
+/// batteries, [`is_station_staff`]).
+pub fn require_staff(actor: &Caller) -> Result<()> {
+    if matches!(actor.role, Role::Admin | Role::Operator) {
+        Ok(())
+    } else {
+        Err(Error::forbidden("Only admins and operators may do this"))
+    }
+}
+
 /// Adding batteries, setting station status, marking bookings ready or collected, recording returns,
 /// battery telemetry.
 pub fn require_station_staff(actor: &Caller, station_operator: Option<UserId>) -> Result<()> {

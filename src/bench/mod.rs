@@ -14,6 +14,7 @@ pub mod baseline;
 pub mod network;
 pub mod server;
 pub mod stats;
+pub mod writes;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,9 @@ pub enum Workload {
     /// A network of Gogoro's size: import it, then the all-stations snapshot for one reader and
     /// for many dashboards at once, bookings against the same on 20 stations, and the station list.
     Network(network::NetworkArgs),
+    /// The write path at 64 concurrent writers: battery additions, telemetry one per request and
+    /// in batches — SQLite, PostgreSQL, and two nodes on one PostgreSQL database.
+    Writes(writes::WritesArgs),
     /// The reference server itself (the bench starts it; not for people).
     #[command(hide = true)]
     BaselineServe,
@@ -136,6 +140,7 @@ pub fn run(workload: Workload) -> anyhow::Result<()> {
         Workload::Bookings(args) => runtime.block_on(bookings(args)),
         Workload::Signins(args) => runtime.block_on(signins(args)),
         Workload::Network(args) => runtime.block_on(network::run(args)),
+        Workload::Writes(args) => runtime.block_on(writes::run(args)),
         Workload::BaselineServe => runtime.block_on(baseline::serve()),
     }
 }

@@ -52,18 +52,23 @@ impl BenchServer {
             }
             report = String::from_utf8_lossy(&import.stdout).into_owned();
         }
-        let admin = Command::new(&exe)
-            .args(["create-admin", "--email", ADMIN_EMAIL, "--display-name", "Bench"])
-            .env("DATABASE_URL", &database_url)
-            .env("SWAPCAST_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .output()?;
-        if !admin.status.success() {
-            bail!("create-admin failed: {}", String::from_utf8_lossy(&admin.stderr));
-        }
+        create_admin(&database_url)?;
+        let server = Self::serve(&database_url, extra_env, Some(dir))?;
+        Ok((server, report))
+    }
+
+    /// `swapcast serve` on `database_url` (which holds the bench's admin already, see
+    /// [`create_admin`]); `dir` is removed when the server is dropped.
+    pub fn serve(
+        database_url: &str,
+        extra_env: &[(&str, String)],
+        dir: Option<PathBuf>,
+    ) -> anyhow::Result<BenchServer> {
+        let exe = std::env::current_exe().context("locating the swapcast binary")?;
         let mut command = Command::new(&exe);
         command
             .arg("serve")
-            .env("DATABASE_URL", &database_url)
+            .env("DATABASE_URL", database_url)
             .env("SWAPCAST_BIND", "127.0.0.1:0")
             .env("SWAPCAST_JWT_SECRET", crate::auth::tokens::random_secret())
             .env("RUST_LOG", "warn,swapcast::startup=info")
@@ -73,7 +78,7 @@ impl BenchServer {
         for (name, value) in extra_env {
             command.env(name, value);
         }
-        Ok((Self::spawn(command, Some(dir))?, report))
+        Self::spawn(command, dir)
     }
 
     /// Starts the reference broadcast server ([`super::baseline`]) the same way.
@@ -108,6 +113,20 @@ impl BenchServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Creates the bench's admin in `database_url` (migrating it first, as every command does).
+pub fn create_admin(database_url: &str) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the swapcast binary")?;
+    let admin = Command::new(&exe)
+        .args(["create-admin", "--email", ADMIN_EMAIL, "--display-name", "Bench"])
+        .env("DATABASE_URL", database_url)
+        .env("SWAPCAST_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .output()?;
+    if !admin.status.success() {
+        bail!("create-admin failed: {}", String::from_utf8_lossy(&admin.stderr));
+    }
+    Ok(())
 }
 
 impl Drop for BenchServer {

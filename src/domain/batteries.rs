@@ -71,7 +71,7 @@ pub fn list(conn: &mut DbConn, station: StationId, page: Page) -> Result<Listing
 }
 
 /// Emits `battery_updated` for a battery as it now is.
-fn announce_update(ch: &mut Change, battery: &Battery) -> Result<()> {
+pub(super) fn announce_update(ch: &mut Change, battery: &Battery) -> Result<()> {
     ch.emit(
         Audience::Station(StationId(battery.station_id)),
         EventBody::BatteryUpdated {
@@ -171,7 +171,7 @@ pub struct BatteryPatch {
 /// Which status a patch moves a battery in `current` to, or why it cannot: the rule, applied to the
 /// state the battery was read in and again, by the transition, to the state a concurrent change
 /// left it in.
-fn patched_status(current: BatteryStatus, patch: &BatteryPatch, charged_soc: i32) -> Result<BatteryStatus> {
+pub(super) fn patched_status(current: BatteryStatus, patch: &BatteryPatch, charged_soc: i32) -> Result<BatteryStatus> {
     match current {
         BatteryStatus::Retired => Err(Error::conflict("battery_retired", "This battery is retired")),
         BatteryStatus::Booked if patch.retire => Err(Error::conflict(

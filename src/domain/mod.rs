@@ -12,6 +12,7 @@ pub mod import;
 pub mod input;
 pub mod notifications;
 pub mod stations;
+pub mod telemetry;
 pub mod transition;
 pub mod users;
 pub mod values;

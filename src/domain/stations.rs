@@ -323,7 +323,8 @@ pub fn inventory_event(
 }
 
 /// Marks the station rows changed without an event (see migration 6): the next all-stations
-/// snapshot is read afresh. Taken last in its transaction, as the event counter's row always is.
+/// snapshot is read afresh. The transaction holds the event counter's row already
+/// (`events::log::take_turn`).
 pub fn touched(conn: &mut DbConn) -> Result<()> {
     use crate::db::schema::event_counter;
     diesel::update(event_counter::table.find(1))

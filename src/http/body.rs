@@ -16,23 +16,28 @@ pub use crate::domain::input::{double_option, parse};
 use crate::domain::Page;
 use crate::error::{Error, Result};
 
-/// Largest REST request body; every body the API takes is a small object.
+/// Largest REST request body; every body the API takes is a small object — but a batch of
+/// telemetry ([`BATCH_BODY_BYTES`]).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A JSON body parsed into `T`, with the raw bytes kept for idempotency fingerprints.
-pub struct Body<T> {
+/// Largest batch body: a thousand readings with the longest serials.
+pub const BATCH_BODY_BYTES: usize = 256 * 1024;
+
+/// A JSON body of at most `LIMIT` bytes parsed into `T`, with the raw bytes kept for idempotency
+/// fingerprints.
+pub struct Body<T, const LIMIT: usize = MAX_BODY_BYTES> {
     pub value: T,
     pub raw: Bytes,
 }
 
-impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
+impl<T: DeserializeOwned + 'static, const LIMIT: usize> FromRequest for Body<T, LIMIT> {
     type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Body<T>>>;
+    type Future = LocalBoxFuture<'static, Result<Body<T, LIMIT>>>;
 
     fn from_request(_: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let payload = payload.take();
         Box::pin(async move {
-            let raw = read_limited(payload).await?;
+            let raw = read_limited(payload, LIMIT).await?;
             Ok(Body {
                 value: parse(&raw)?,
                 raw,
@@ -41,14 +46,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for Body<T> {
     }
 }
 
-/// The whole body, refused past [`MAX_BODY_BYTES`] or [`BODY_READ_TIMEOUT`].
-async fn read_limited(mut payload: Payload) -> Result<Bytes> {
+/// The whole body, refused past `limit` bytes or [`BODY_READ_TIMEOUT`].
+async fn read_limited(mut payload: Payload, limit: usize) -> Result<Bytes> {
     let read = async {
         let mut buf = BytesMut::new();
         while let Some(chunk) = payload.next().await {
             // The transport's own words (actix's payload errors) are not for clients.
             let chunk = chunk.map_err(|_| Error::MalformedJson("the body could not be read".into()))?;
-            if buf.len() + chunk.len() > MAX_BODY_BYTES {
+            if buf.len() + chunk.len() > limit {
                 return Err(Error::PayloadTooLarge);
             }
             buf.extend_from_slice(&chunk);
@@ -76,7 +81,7 @@ impl FromRequest for NoBody {
     fn from_request(_: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let payload = payload.take();
         Box::pin(async move {
-            let raw = read_limited(payload).await?;
+            let raw = read_limited(payload, MAX_BODY_BYTES).await?;
             if !raw.iter().all(u8::is_ascii_whitespace) {
                 parse::<serde_json::Map<String, serde_json::Value>>(&raw)?;
             }

@@ -5,13 +5,14 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::body::{self, double_option, Body};
+use super::body::{self, double_option, Body, BATCH_BODY_BYTES};
 use super::idempotency;
 use crate::auth::extract::RequestCaller;
 use crate::auth::policy;
 use crate::domain::batteries::{self, AddBattery, BatteryPatch, ReturnInput};
 use crate::domain::ids::{BatteryId, StationId, UserId};
 use crate::domain::stations::{self, NewStationInput, StationPatch};
+use crate::domain::telemetry;
 use crate::domain::values::{Address, Percent, Serial, StationName, StationStatus};
 use crate::error::{Error, Result};
 use crate::router::Router;
@@ -26,7 +27,8 @@ pub fn routes(r: &mut impl Router) {
         .route(Method::GET, "/stations/{id}/batteries", list_batteries)
         .route(Method::POST, "/stations/{id}/batteries", add_battery)
         .route(Method::POST, "/stations/{id}/returns", record_return)
-        .route(Method::PATCH, "/batteries/{id}", update_battery);
+        .route(Method::PATCH, "/batteries/{id}", update_battery)
+        .route(Method::POST, "/telemetry", telemetry);
 }
 
 fn may_read(state: &AppState, caller: &RequestCaller) -> Result<()> {
@@ -225,4 +227,35 @@ async fn update_battery(
         .change(move |ch| batteries::update(ch, &actor, id, &patch, charged_soc))
         .await?;
     Ok(HttpResponse::Ok().json(battery))
+}
+
+#[derive(Deserialize)]
+struct TelemetryBody {
+    readings: Vec<serde_json::Value>,
+}
+
+/// Readings in a batch, judged one by one: 200 with what was accepted and what was refused.
+async fn telemetry(
+    state: web::Data<AppState>,
+    caller: RequestCaller,
+    body: Body<TelemetryBody, BATCH_BODY_BYTES>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    policy::require_staff(&actor)?;
+    let (readings, mut rejected) = telemetry::parse(&body.value.readings)?;
+    let charged_soc = state.settings.charged_soc;
+    let (accepted, changed, refused) = if readings.is_empty() {
+        (0, 0, Vec::new())
+    } else {
+        state
+            .change(move |ch| telemetry::apply(ch, &actor, &readings, charged_soc))
+            .await?
+    };
+    rejected.extend(refused);
+    rejected.sort_by_key(|r| r.index);
+    Ok(HttpResponse::Ok().json(telemetry::Report {
+        accepted,
+        changed,
+        rejected,
+    }))
 }

@@ -25,6 +25,7 @@ mod network;
 mod notifications;
 mod protocol_docs;
 mod resume;
+mod telemetry;
 mod transitions;
 mod ws_auth;
 mod ws_events;
