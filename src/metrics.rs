@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Channels caught up by replaying the event log (`last_event_id`).
     pub resume_replays: IntCounter,
     pub snapshot_reads: IntCounter,
+    /// Transactions of the group commit, and the changes they held: their ratio is the batch size.
+    pub write_batches: IntCounter,
+    pub batched_changes: IntCounter,
     /// Seconds from an event's commit to its hand-over to every recipient's queue.
     pub deliver_latency: Histogram,
     /// HTTP requests by route pattern and status.
@@ -88,6 +91,14 @@ impl Metrics {
             snapshot_reads: counter(
                 "swapcast_snapshot_reads_total",
                 "All-stations snapshots read from the database (one serves every connection at its position)",
+            ),
+            write_batches: counter(
+                "swapcast_write_batches_total",
+                "Transactions of the group commit (each one commit for a batch of changes)",
+            ),
+            batched_changes: counter(
+                "swapcast_batched_changes_total",
+                "Changes run by the group commit, committed or refused",
             ),
             deliver_latency: registered(
                 &registry,

@@ -185,7 +185,12 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         hub.join_cluster(url, &cluster).await?;
         tracing::info!(node = &*hub.node, cluster, "joined the cluster");
     }
-    let writer = Writer::start(&settings.database_url, crate::domain::commit::batch)?;
+    let metrics = hub.metrics.clone();
+    let writer = Writer::start(&settings.database_url, move |conn, changes| {
+        metrics.write_batches.inc();
+        metrics.batched_changes.inc_by(changes.len() as u64);
+        crate::domain::commit::batch(conn, changes)
+    })?;
     let settings_login_attempts = settings.login_attempts;
     // Argon2 hashes on at most half the cores, so a flood of sign-ins leaves the rest to
     // requests that need no hash.

@@ -839,6 +839,11 @@ async fn count_until_quiet(
     loop {
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
             Ok(Some(Ok(Message::Text(text)))) if text.contains(marker) => seen += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                // A watcher the server closed missed what followed: say why.
+                eprintln!("a watcher was closed after {seen} {marker}: {frame:?}");
+                return seen;
+            }
             Ok(Some(Ok(_))) => {}
             _ => return seen,
         }
