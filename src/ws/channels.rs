@@ -138,6 +138,9 @@ pub struct Joining {
     /// endpoint's `connection_established`): a connection refused here gets its Close as its only
     /// frame.
     pub preface: Option<Frame>,
+    /// Whether a `/ws` subscription says `subscribed` first: not when a channel that fell behind
+    /// joins again to catch up.
+    pub announce: bool,
 }
 
 /// Authorizes, registers and catches up one channel of one session.
@@ -151,6 +154,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
         tagged,
         start,
         ref preface,
+        announce,
     } = joining;
     let outcome = async {
         let decided = Decided::now();
@@ -190,6 +194,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
             tagged,
             start,
             preface: preface.clone(),
+            announce,
         };
         catch_up(&state, to, actor.as_ref(), &personal, wanted).await
     };
@@ -218,6 +223,7 @@ struct Wanted {
     tagged: bool,
     start: Start,
     preface: Option<Frame>,
+    announce: bool,
 }
 
 async fn catch_up(
@@ -233,11 +239,12 @@ async fn catch_up(
         tagged,
         start,
         preface,
+        announce,
     } = wanted;
     let name = channel.name();
     let form = |text: ByteString| Frame::text(if tagged { wire::tagged(&text, &name) } else { text }.as_ref());
     let mut items: Vec<(Option<i64>, Frame)> = preface.into_iter().map(|frame| (None, frame)).collect();
-    if tagged {
+    if tagged && announce {
         items.push((None, ServerMessage::Subscribed { channel: name.clone() }.frame()));
     }
     let feed = feed_of(channel, actor);

@@ -98,7 +98,8 @@ impl Echo {
                     this.attend(ctx);
                 }));
             }
-            Need::Nothing => {}
+            // The echo server has no channels.
+            Need::Rejoin(_) | Need::Nothing => {}
         }
     }
 

@@ -16,12 +16,14 @@ use crate::events::wire::Frame;
 use crate::realtime::messages::{Attention, Channel};
 
 /// What the session must do for its outlet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Need {
     /// The connection broke, or the close handshake is complete.
     Stop,
     /// The client is a slow consumer: close with 1013.
     CloseOverflowed,
+    /// Channels fell behind their live events: catch each up from the log, after the id given.
+    Rejoin(Vec<(Channel, u64, i64)>),
     /// Frames wait for the kernel: wait until the socket is writable, then [`Outlet::writable`].
     WaitForKernel,
     Nothing,
@@ -35,6 +37,10 @@ struct ChannelState {
     held: Option<Vec<(i64, Frame)>>,
     /// The newest event id sent on this channel.
     last_sent: i64,
+    /// `Some(n)` once live events after `n` were let go because the reader was behind (the
+    /// queue, or the events held during a catch-up, past the bound): the channel takes no more
+    /// live events until it has caught up again from the log, after `n`, at the reader's pace.
+    behind_from: Option<i64>,
 }
 
 pub struct Outlet {
@@ -104,6 +110,7 @@ impl Outlet {
             generation: self.generations,
             held: Some(Vec::new()),
             last_sent: i64::MIN,
+            behind_from: None,
         };
         self.channels.push((channel, state));
         Some(self.generations)
@@ -150,16 +157,22 @@ impl Outlet {
         if self.closing {
             return;
         }
+        let bound = self.bound();
         let Some(state) = state_of(&mut self.channels, channel) else {
             return;
         };
         for (event_id, frame) in items {
+            if state.behind_from.is_some() {
+                break;
+            }
             match &mut state.held {
                 Some(held) if held.len() >= self.send_queue => {
-                    self.overflowed = true;
-                    return;
+                    let first = held.first().map_or(event_id, |(id, _)| *id);
+                    held.clear();
+                    state.behind_from = Some(first - 1);
                 }
                 Some(held) => held.push((event_id, frame.clone())),
+                None if self.socket.queued() >= bound => state.behind_from = Some(event_id - 1),
                 None => queue_event(&mut self.socket, state, event_id, frame),
             }
         }
@@ -232,6 +245,30 @@ impl Outlet {
         self.flush_unless_blocked();
     }
 
+    /// The channels that fell behind and are not catching up yet: each starts catching up again
+    /// (a new generation, its live events held from now) and is returned with the id to replay
+    /// from. Events up to what the channel sent already are skipped when they come again.
+    fn rejoins(&mut self) -> Vec<(Channel, u64, i64)> {
+        let mut due = Vec::new();
+        for (channel, state) in &mut self.channels {
+            if let (Some(after), None) = (state.behind_from, &state.held) {
+                self.generations += 1;
+                state.generation = self.generations;
+                state.held = Some(Vec::new());
+                state.behind_from = None;
+                due.push((*channel, self.generations, after));
+            }
+        }
+        due
+    }
+
+    /// Frames the queue may hold before live events wait in the log: the bound, and a chunk for
+    /// each channel catching up (which hands over no more until that is taken).
+    fn bound(&self) -> usize {
+        let catching_up = self.channels.iter().filter(|(_, state)| state.held.is_some()).count();
+        self.send_queue + CATCHUP_CHUNK * catching_up
+    }
+
     /// Queues Close after what is queued (after what is under way only, if `drop_unsent`). False
     /// if the session was already closing.
     pub fn close(&mut self, reason: Option<CloseReason>, drop_unsent: bool) -> bool {
@@ -273,6 +310,8 @@ impl Outlet {
             Need::Stop
         } else if self.overflowed && !self.closing {
             Need::CloseOverflowed
+        } else if self.behind() && !self.closing {
+            Need::Rejoin(self.rejoins())
         } else if self.blocked && !self.waiting {
             self.waiting = true;
             Need::WaitForKernel
@@ -317,18 +356,25 @@ impl Outlet {
         }
     }
 
-    /// Live events beyond the bound make a slow consumer; each channel catching up may add one
-    /// chunk to it, since it hands over no more until that is taken.
+    /// Live events wait in the log once the queue is at the bound ([`Outlet::live`]); what else
+    /// fills it past twice the bound — answers to a client that sends requests and never reads
+    /// them — makes a slow consumer.
     fn check_queue(&mut self) {
-        let catching_up = self.channels.iter().filter(|(_, state)| state.held.is_some()).count();
-        if !self.closing && self.socket.queued() > self.send_queue + CATCHUP_CHUNK * catching_up {
+        if !self.closing && self.socket.queued() > 2 * self.bound() {
             self.overflowed = true;
         }
     }
 
-    /// Whether the session has something to do: stop, close, or wait for the kernel.
+    fn behind(&self) -> bool {
+        self.channels
+            .iter()
+            .any(|(_, state)| state.behind_from.is_some() && state.held.is_none())
+    }
+
+    /// Whether the session has something to do: stop, close, catch a channel up, or wait for the
+    /// kernel.
     fn wants_attention(&self) -> bool {
-        self.failed || (self.overflowed && !self.closing) || (self.blocked && !self.waiting)
+        self.failed || (self.overflowed && !self.closing) || (self.blocked && !self.waiting) || self.behind()
     }
 }
 
@@ -425,15 +471,46 @@ mod tests {
         assert_eq!(out.attend(false), Need::Nothing);
     }
 
+    /// More live events than the queue allows while a channel catches up: the channel lets them
+    /// go and, once caught up, catches up again from the log after the first it let go — every
+    /// event arrives, once and in order, and nobody is closed.
     #[actix::test]
-    async fn a_channel_catching_up_too_long_overflows_and_a_close_stops_everything() {
+    async fn a_channel_that_falls_behind_catches_up_again_from_the_log() {
+        let (mut out, _inbound, mut peer) = outlet(2).await;
+        let first = out.join(STATION).expect("joined");
+        let events: Vec<(i64, Frame)> = (1..=5).map(event).collect();
+        let burst = |out: &mut Outlet, ids: std::ops::RangeInclusive<usize>| {
+            crate::realtime::messages::Outlet::live(out, STATION, &mut events[ids].iter().map(|(id, f)| (*id, f)))
+        };
+        assert_eq!(burst(&mut out, 0..=2), Attention::None, "held past the bound: let go");
+        let (drained, _taken) = oneshot::channel();
+        out.catch_up(STATION, first, vec![(None, Frame::text("snapshot"))], drained);
+        out.go_live(STATION, first, 0);
+        let Need::Rejoin(due) = out.attend(false) else {
+            panic!("no catch-up from the log")
+        };
+        let [(channel, second, after)] = due[..] else {
+            panic!("{due:?}")
+        };
+        assert_eq!((channel, after), (STATION, 0));
+        assert_eq!(out.attend(false), Need::Nothing, "one catch-up at a time");
+        // Event 4 comes live while the log replays 1 to 3.
+        assert_eq!(burst(&mut out, 3..=3), Attention::None);
+        let (drained, _taken) = oneshot::channel();
+        let replayed = events[0..=2].iter().map(|(id, f)| (Some(*id), f.clone())).collect();
+        out.catch_up(STATION, second, replayed, drained);
+        out.go_live(STATION, second, 3);
+        burst(&mut out, 4..=4);
+        let texts = read_texts(&mut peer, 6).await;
+        let want: Vec<String> = std::iter::once("snapshot".to_owned())
+            .chain((1..=5).map(|id| format!("{{\"event_id\":{id}}}")))
+            .collect();
+        assert_eq!(texts, want);
+    }
+
+    #[actix::test]
+    async fn a_close_stops_everything() {
         let (mut out, _inbound, _peer) = outlet(2).await;
-        out.join(STATION);
-        let events: Vec<(i64, Frame)> = (1..=3).map(event).collect();
-        let attention =
-            crate::realtime::messages::Outlet::live(&mut out, STATION, &mut events.iter().map(|(id, f)| (*id, f)));
-        assert_eq!(attention, Attention::Drop, "more held than the queue allows");
-        assert_eq!(out.attend(false), Need::CloseOverflowed);
         assert!(out.close(None, true));
         assert!(!out.close(None, true), "one Close");
         assert!(out.is_closing());

@@ -161,6 +161,12 @@ impl WsSession {
                     this.attend(ctx);
                 }));
             }
+            Need::Rejoin(due) => {
+                for (channel, generation, after) in due {
+                    self.catch_up_from_log(channel, generation, after, ctx);
+                }
+                self.attend(ctx);
+            }
             Need::Nothing => {}
         }
     }
@@ -249,9 +255,28 @@ impl WsSession {
             tagged: self.tagged(),
             start,
             preface,
+            announce: true,
         };
         let task = channels::join(self.state.clone(), joining);
         actix_web::rt::spawn(task);
+    }
+
+    /// A channel whose reader fell behind a burst of live events catches up from the log, as a
+    /// resume would, at the reader's pace — joined again quietly (no second `subscribed`), as the
+    /// account is now. Only a reader that stops is closed (1013, by the heartbeat's check).
+    fn catch_up_from_log(&mut self, channel: Channel, generation: u64, after: i64, ctx: &mut Ctx) {
+        let joining = channels::Joining {
+            session: self.id,
+            to: ctx.address().recipient(),
+            identity: self.identity.clone(),
+            channel,
+            generation,
+            tagged: self.tagged(),
+            start: Start::Resume(after),
+            preface: None,
+            announce: false,
+        };
+        actix_web::rt::spawn(channels::join(self.state.clone(), joining));
     }
 
     /// The one way a subscription ends — unsubscribed, refused, revoked, or the connection gone:

@@ -232,3 +232,61 @@ async fn operators_report_on_their_own_stations_and_bad_batches_change_nothing()
     assert!(app.all_events_after(mark).await.is_empty());
     assert_eq!(batteries(&app, theirs).await[0]["soc"], 40);
 }
+
+/// A burst far larger than a reader's queue and the kernel's buffers — ten thousand
+/// `battery_updated` from ten batches — reaches a reader that reads only once it was all
+/// committed: every event, once, in order, and no close. (The reader's channel fell behind and
+/// caught up again from the log at its pace; only a reader that stops is closed.)
+#[actix_web::test]
+async fn a_burst_larger_than_the_queue_reaches_a_late_reader_whole() {
+    const BATTERIES: usize = 1000;
+    const BATCHES: usize = 10;
+    // A heartbeat of ten minutes: the reader's pause below is never taken for a stop.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.send_queue = 8;
+        s.heartbeat = 600;
+    })
+    .await;
+    let station = app.station("Burst", None).await;
+    for chunk in (0..BATTERIES).collect::<Vec<_>>().chunks(50) {
+        let serials: Vec<String> = chunk.iter().map(|i| format!("BURST-{i}")).collect();
+        futures_util::future::join_all(serials.iter().map(|serial| app.battery(station, serial))).await;
+    }
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let feed = format!("ws://127.0.0.1:{port}/ws/stations/{station}/");
+    let (late, _) = tokio_tungstenite::client_async(feed, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    let mut late = crate::wsclient::Client { socket: late };
+    assert_eq!(late.next_json().await["type"], "connection_established");
+    assert_eq!(late.next_json().await["type"], "inventory_update");
+
+    let mut changed = 0;
+    for batch in 0..BATCHES {
+        let readings: Vec<Value> = (0..BATTERIES)
+            .map(|i| json!({"serial": format!("BURST-{i}"), "soc": 10 + batch}))
+            .collect();
+        let report = app
+            .post("/api/telemetry", Some(&app.admin.token), json!({"readings": readings}))
+            .await
+            .expect(200);
+        changed += report["changed"].as_u64().unwrap() as usize;
+    }
+    assert_eq!(changed, BATTERIES * BATCHES);
+
+    let mut ids = Vec::with_capacity(changed);
+    while ids.len() < changed {
+        let message = late.next_json().await;
+        assert_eq!(message["type"], "battery_updated", "{message}");
+        ids.push(message["event_id"].as_i64().unwrap());
+    }
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "missed, doubled or reordered events"
+    );
+    late.send_text(r#"{"type":"ping","timestamp":"after"}"#).await;
+    assert_eq!(late.next_json().await["type"], "pong");
+}
