@@ -252,9 +252,21 @@ async fn a_lost_database_is_503() {
     let Some(db) = postgres_db() else { return };
     let app = spawn_app_on(db, |_| {}).await;
     app.get("/readyz", None).await.expect(200);
+    // The admin is remembered (the caller cache), so their writes get as far as the writer.
+    app.get("/api/me", Some(&app.admin.token)).await.expect(200);
     app.db.destroy();
     app.get("/readyz", None).await.expect_error(503, "service_unavailable");
     app.get("/api/stations", None)
         .await
         .expect_error(503, "service_unavailable");
+    // Writes too, through the writer's own connection, however often they are tried.
+    for _ in 0..3 {
+        app.post(
+            "/api/stations",
+            Some(&app.admin.token),
+            serde_json::json!({"name": "Gone"}),
+        )
+        .await
+        .expect_error(503, "service_unavailable");
+    }
 }
