@@ -192,13 +192,7 @@ pub fn apply(
     for (was, now) in &changed {
         if was.status != now.status {
             let shift = shifts.entry(was.station_id).or_default();
-            for (status, n) in [(&was.status, -1), (&now.status, 1)] {
-                let c = Counts::of(status, n);
-                shift.available += c.available;
-                shift.booked += c.booked;
-                shift.charging += c.charging;
-                shift.total += c.total;
-            }
+            *shift = shift.plus(Counts::of(&was.status, -1)).plus(Counts::of(&now.status, 1));
         }
     }
     for (station, counts) in &shifts {

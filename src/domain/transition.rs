@@ -108,7 +108,7 @@ impl Counts {
         counts
     }
 
-    fn plus(self, other: Counts) -> Counts {
+    pub fn plus(self, other: Counts) -> Counts {
         Counts {
             available: self.available + other.available,
             booked: self.booked + other.booked,

@@ -246,6 +246,26 @@ impl WsSession {
             }
             return;
         };
+        self.spawn_join(channel, generation, start, preface, true, ctx);
+    }
+
+    /// A channel whose reader fell behind a burst of live events catches up from the log, as a
+    /// resume would, at the reader's pace — joined again quietly (no second `subscribed`), as the
+    /// account is now. Only a reader that stops is closed (1013, by the heartbeat's check).
+    fn catch_up_from_log(&mut self, channel: Channel, generation: u64, after: i64, ctx: &mut Ctx) {
+        self.spawn_join(channel, generation, Start::Resume(after), None, false, ctx);
+    }
+
+    /// Authorizes, registers and catches up one subscription of this session, off the actor.
+    fn spawn_join(
+        &mut self,
+        channel: Channel,
+        generation: u64,
+        start: Start,
+        preface: Option<Frame>,
+        announce: bool,
+        ctx: &mut Ctx,
+    ) {
         let joining = channels::Joining {
             session: self.id,
             to: ctx.address().recipient(),
@@ -255,26 +275,7 @@ impl WsSession {
             tagged: self.tagged(),
             start,
             preface,
-            announce: true,
-        };
-        let task = channels::join(self.state.clone(), joining);
-        actix_web::rt::spawn(task);
-    }
-
-    /// A channel whose reader fell behind a burst of live events catches up from the log, as a
-    /// resume would, at the reader's pace — joined again quietly (no second `subscribed`), as the
-    /// account is now. Only a reader that stops is closed (1013, by the heartbeat's check).
-    fn catch_up_from_log(&mut self, channel: Channel, generation: u64, after: i64, ctx: &mut Ctx) {
-        let joining = channels::Joining {
-            session: self.id,
-            to: ctx.address().recipient(),
-            identity: self.identity.clone(),
-            channel,
-            generation,
-            tagged: self.tagged(),
-            start: Start::Resume(after),
-            preface: None,
-            announce: false,
+            announce,
         };
         actix_web::rt::spawn(channels::join(self.state.clone(), joining));
     }
