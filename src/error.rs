@@ -215,12 +215,6 @@ impl From<diesel::r2d2::PoolError> for Error {
     }
 }
 
-impl From<actix_web::error::BlockingError> for Error {
-    fn from(e: actix_web::error::BlockingError) -> Self {
-        Error::Internal(anyhow::anyhow!("blocking task failed: {e}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! Who a signed-in caller is now (and that the sign-in session of their token is live), remembered
-//! for a moment, so a request does not pay a database round trip (a hop to the blocking pool and
+//! for a moment, so a request does not pay a database round trip (a hop to a database reader and
 //! back) just to learn the caller's role.
 //!
 //! Freshness does not depend on the moment alone: every change to a user is announced through the

@@ -90,7 +90,13 @@ async fn connection(stream: TcpStream, events: Arc<broadcast::Sender<Utf8Bytes>>
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             incoming = source.next() => match incoming {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                // tungstenite queues the reply to a Close and writes it on the next read, which
+                // then ends the stream: reading on completes the handshake as a client expects.
+                Some(Ok(Message::Close(_))) => {
+                    while let Some(Ok(_)) = source.next().await {}
+                    return;
+                }
+                None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
             },
         }

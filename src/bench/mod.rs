@@ -36,7 +36,8 @@ pub enum Workload {
     Fanout(FanoutArgs),
     /// C idle connections held open; the server's memory per connection.
     Idle(IdleArgs),
-    /// Connect, read the first message, close — at a concurrency; handshakes per second.
+    /// Connect to one station's feed, read the greeting, close as a browser does; opens and whole
+    /// lifetimes per second.
     Churn(ChurnArgs),
     /// Concurrent REST bookings by many drivers; bookings per second with their events delivered.
     Bookings(BookingsArgs),
@@ -98,10 +99,11 @@ pub struct IdleArgs {
 
 #[derive(Args, Debug)]
 pub struct ChurnArgs {
-    /// Handshakes in all.
+    /// Connections in all, each opened and closed.
     #[arg(long, default_value_t = 20_000)]
     pub handshakes: usize,
-    #[arg(long, default_value_t = 64)]
+    /// Connections alive at once.
+    #[arg(long, default_value_t = 50)]
     pub concurrency: usize,
     #[command(flatten)]
     pub compare: Compare,
@@ -430,51 +432,103 @@ async fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         bail!("handshakes must be 1..=1000000 and concurrency 1..=1024");
     }
     println!(
-        "churn: {} handshakes at concurrency {}",
+        "churn: {} connections at concurrency {}, each to one station's feed: open, read the greeting, \
+         close as a browser does (send Close, wait for the server's Close and the end of TCP)",
         args.handshakes, args.concurrency
     );
     let mut rates = Vec::new();
     for target in Target::all(args.compare) {
         let server = target.start(&[])?;
-        let port = server.port;
-        let started = Instant::now();
-        let mut latencies = Vec::with_capacity(args.handshakes);
-        let mut failed = 0usize;
-        let mut attempts = futures_util::stream::iter((0..args.handshakes).map(|i| async move {
-            let began = Instant::now();
-            let stream = connect_from(i, port).await?;
-            let (mut ws, _) =
-                tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws/stations/"), stream).await?;
-            ws.next().await.context("closed before the greeting")??;
-            let elapsed = began.elapsed();
-            // The measurement is the handshake; how the close goes does not change it.
-            let _ = ws.close(None).await;
-            Ok::<_, anyhow::Error>(elapsed)
-        }))
-        .buffer_unordered(args.concurrency);
-        while let Some(result) = attempts.next().await {
-            match result {
-                Ok(elapsed) => latencies.push(elapsed.as_micros() as u64),
-                Err(_) => failed += 1,
-            }
-        }
-        let span = started.elapsed();
-        let summary = summarize(latencies);
-        let per_sec = rate(summary.count, span);
+        let (station, _) = target.station(&server, "Churn Station").await?;
+        let url = format!("ws://127.0.0.1:{}/ws/stations/{station}/", server.port);
+        let result = churn_on(&url, server.port, &args).await;
         println!(
-            "  {:<9} {} succeeded ({failed} failed)  handshakes/s {per_sec:.0}  latency (ms) p50 {:.1}  p99 {:.1}  max {:.1}",
+            "  {:<9} {} completed ({} failed)  whole lifetimes/s {:.0}",
             target.name(),
-            summary.count,
-            ms(summary.p50),
-            ms(summary.p99),
-            ms(summary.max)
+            result.opened.count,
+            result.failed,
+            result.lifetimes_per_sec(),
         );
-        rates.push(per_sec);
+        for (what, summary) in [("open", &result.opened), ("lifetime", &result.lifetime)] {
+            println!(
+                "            {what:<8} latency (ms) p50 {:.1}  p99 {:.1}  max {:.1}",
+                ms(summary.p50),
+                ms(summary.p99),
+                ms(summary.max)
+            );
+        }
+        rates.push(result.lifetimes_per_sec());
     }
     if let [ours, theirs] = rates[..] {
-        println!("  ratio     handshakes/s {}", ratio(ours, theirs));
+        println!("  ratio     whole lifetimes/s {}", ratio(ours, theirs));
     }
     Ok(())
+}
+
+/// One target's churn: how long each connection took to open (to its greeting) and to live its
+/// whole life (to the end of TCP after the close handshake).
+struct ChurnResult {
+    opened: stats::Summary,
+    lifetime: stats::Summary,
+    failed: usize,
+    span: Duration,
+}
+
+impl ChurnResult {
+    fn lifetimes_per_sec(&self) -> f64 {
+        rate(self.lifetime.count, self.span)
+    }
+}
+
+async fn churn_on(url: &str, port: u16, args: &ChurnArgs) -> ChurnResult {
+    let started = Instant::now();
+    let mut opened = Vec::with_capacity(args.handshakes);
+    let mut lifetime = Vec::with_capacity(args.handshakes);
+    let mut failed = 0usize;
+    let mut attempts = futures_util::stream::iter((0..args.handshakes).map(|i| lifecycle(url, port, i)))
+        .buffer_unordered(args.concurrency);
+    while let Some(result) = attempts.next().await {
+        match result {
+            Ok((open, whole)) => {
+                opened.push(open.as_micros() as u64);
+                lifetime.push(whole.as_micros() as u64);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    ChurnResult {
+        opened: summarize(opened),
+        lifetime: summarize(lifetime),
+        failed,
+        span: started.elapsed(),
+    }
+}
+
+/// One connection's life as a browser lives it: the upgrade, the greeting, then Close — and the
+/// connection counts as done only when the server's Close has come and the server has ended TCP
+/// (a server that is slow to let go costs the client a socket, and is measured).
+async fn lifecycle(url: &str, port: u16, i: usize) -> anyhow::Result<(Duration, Duration)> {
+    use tokio::io::AsyncReadExt;
+    let began = Instant::now();
+    let stream = connect_from(i, port).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    ws.next().await.context("closed before the greeting")??;
+    let opened = began.elapsed();
+    ws.close(None).await?;
+    // Frames sent before the server saw the Close (the snapshot) may come first.
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("the connection ended without the server's Close"),
+        }
+    }
+    let mut rest = [0u8; 64];
+    if ws.get_mut().read(&mut rest).await? != 0 {
+        bail!("bytes after the server's Close");
+    }
+    Ok((opened, began.elapsed()))
 }
 
 /// A TCP connection to the server from the `i`-th loopback source address.

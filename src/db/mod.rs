@@ -3,6 +3,7 @@
 //! opens the one transaction of a change).
 
 pub mod models;
+mod readers;
 pub mod schema;
 pub mod writer;
 
@@ -33,7 +34,24 @@ pub enum DbConn {
     Pg(PgConnection),
 }
 
-pub type Pool = r2d2::Pool<Manager>;
+/// The connections, and the threads reads run on ([`readers`]).
+#[derive(Clone)]
+pub struct Pool {
+    connections: r2d2::Pool<Manager>,
+    readers: readers::Readers,
+}
+
+impl Pool {
+    /// A connection for work already off the async threads (startup, the CLI).
+    pub fn get(&self) -> std::result::Result<r2d2::PooledConnection<Manager>, r2d2::PoolError> {
+        self.connections.get()
+    }
+
+    /// How many connections are open and idle, for the metrics.
+    pub fn state(&self) -> r2d2::State {
+        self.connections.state()
+    }
+}
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -123,11 +141,13 @@ pub fn connect(database_url: &str, size: Option<u32>) -> anyhow::Result<Pool> {
     manager
         .connect()
         .with_context(|| format!("cannot open the database ({})", redact(database_url)))?;
-    r2d2::Pool::builder()
+    let connections = r2d2::Pool::builder()
         .max_size(size.unwrap_or(default_size))
         .connection_timeout(POOL_CHECKOUT_TIMEOUT)
         .build(manager)
-        .context("cannot build the database pool")
+        .context("cannot build the database pool")?;
+    let readers = readers::Readers::start(&connections).context("cannot start the database readers")?;
+    Ok(Pool { connections, readers })
 }
 
 /// The URL without its credentials, for messages and logs (database and NATS URLs alike): a
@@ -181,21 +201,13 @@ pub fn migrate(conn: &mut DbConn) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("migration failed: {e}"))
 }
 
-/// Runs blocking database work on the blocking pool, never on the async threads, keeping the
-/// caller's tracing span so its logs stay attached to the request.
+/// Runs blocking database work on one of the pool's readers, never on the async threads.
 pub async fn run<T, F>(pool: &Pool, f: F) -> Result<T>
 where
     F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let pool = pool.clone();
-    let span = tracing::Span::current();
-    actix_web::web::block(move || {
-        let _entered = span.enter();
-        let mut conn = pool.get()?;
-        f(&mut conn)
-    })
-    .await?
+    pool.readers.run(f).await
 }
 
 /// Runs `f` in one write transaction. On SQLite it begins `IMMEDIATE`, taking the write lock up

@@ -5,7 +5,7 @@
 //! One commit, one fsync, for a batch instead of one per change, and on SQLite (which lets one
 //! transaction write at a time) no parked writer threads to wake and a page cache kept warm. On
 //! PostgreSQL every event-producing transaction of the deployment takes the event counter's row
-//! first, so writers are serial there too; batching is what makes that cheap. Reads use the pool.
+//! first, so writers are serial there too; batching is what makes that cheap. Reads use the pool's readers ([`super::readers`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;

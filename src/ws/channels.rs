@@ -121,6 +121,41 @@ async fn authorize(state: &AppState, actor: Option<&Caller>, channel: Channel) -
     }
 }
 
+/// A fresh subscription to one station: may the caller watch it, and its snapshot, in one
+/// database read. The snapshot is read before the registration, so [`catch_up`] takes what
+/// committed in between from the log — which it knows, without asking the database, from the
+/// newest id the hub has seen. (Opening a station's feed is what a dashboard does on every load:
+/// each hop to the database is a thread hand-off in the connection's critical path.)
+async fn authorize_with_snapshot(
+    state: &AppState,
+    actor: Option<&Caller>,
+    id: StationId,
+) -> Result<(PersonalData, Snapshot)> {
+    policy::may_read_stations(actor, state.settings.public_feeds)?;
+    let who = actor.cloned();
+    state
+        .read(move |conn| {
+            db::read_consistent(conn, |conn| {
+                let station = stations::load(conn, id)?;
+                let personal = if policy::sees_personal_data(who.as_ref(), stations::operator_of(&station)) {
+                    PersonalData::Shown
+                } else {
+                    PersonalData::Hidden
+                };
+                let position = log::latest_id(conn)?;
+                let text = wire::snapshot(&stations::StationView::new(station)?, position, now_ms());
+                Ok((personal, Snapshot { position, text }))
+            })
+        })
+        .await
+}
+
+/// A station's snapshot as of an event id.
+struct Snapshot {
+    position: i64,
+    text: ByteString,
+}
+
 /// One channel of one session on its way in.
 pub struct Joining {
     pub session: SessionId,
@@ -162,7 +197,13 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
             Some(identity) => Some(load_caller(&state, identity.credentials).await?),
             None => None,
         };
-        let personal = authorize(&state, actor.as_ref(), channel).await?;
+        let (personal, read_ahead) = match (channel, start) {
+            (Channel::Station(id), Start::Fresh) => {
+                let (personal, snapshot) = authorize_with_snapshot(&state, actor.as_ref(), id).await?;
+                (personal, Some(snapshot))
+            }
+            _ => (authorize(&state, actor.as_ref(), channel).await?, None),
+        };
         let registered = match (channel, actor.as_ref()) {
             (Channel::Notifications, Some(actor)) => {
                 state
@@ -195,6 +236,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
             start,
             preface: preface.clone(),
             announce,
+            read_ahead,
         };
         catch_up(&state, to, actor.as_ref(), &personal, wanted).await
     };
@@ -224,6 +266,8 @@ struct Wanted {
     start: Start,
     preface: Option<Frame>,
     announce: bool,
+    /// The snapshot, when it was read with the authorization (before the registration).
+    read_ahead: Option<Snapshot>,
 }
 
 async fn catch_up(
@@ -240,6 +284,7 @@ async fn catch_up(
         start,
         preface,
         announce,
+        read_ahead,
     } = wanted;
     let name = channel.name();
     let form = |text: ByteString| Frame::text(if tagged { wire::tagged(&text, &name) } else { text }.as_ref());
@@ -303,14 +348,25 @@ async fn catch_up(
             (snapshot.position, snapshot.frames(tagged))
         }
         Channel::Station(id) => {
-            let (position, text) = state
-                .read(move |conn| {
-                    db::read_consistent(conn, |conn| {
-                        let position = log::latest_id(conn)?;
-                        Ok((position, wire::snapshot(&stations::get(conn, id)?, position, now_ms())))
-                    })
-                })
-                .await?;
+            let Snapshot { position, text } = match read_ahead {
+                Some(snapshot) => {
+                    // Registered now: every event the hub saw before this is in the log, and
+                    // every later one reaches the registry and is held.
+                    behind = state.hub.latest_event_id() > snapshot.position;
+                    snapshot
+                }
+                None => {
+                    state
+                        .read(move |conn| {
+                            db::read_consistent(conn, |conn| {
+                                let position = log::latest_id(conn)?;
+                                let text = wire::snapshot(&stations::get(conn, id)?, position, now_ms());
+                                Ok(Snapshot { position, text })
+                            })
+                        })
+                        .await?
+                }
+            };
             (position, Arc::from([form(text)]))
         }
         // No snapshot: every event held since the registration passes.
@@ -328,16 +384,12 @@ async fn catch_up(
             break;
         }
     }
-    let position = if behind {
-        match replaying
-            .after(state, to, log::Feed::AllStations, Vec::new(), position)
-            .await?
-        {
+    let position = match (behind, feed) {
+        (true, Some(feed)) => match replaying.after(state, to, feed, Vec::new(), position).await? {
             Some(last) => last,
             None => return Ok(()),
-        }
-    } else {
-        position
+        },
+        _ => position,
     };
     go_live(to, channel, generation, position).await
 }

@@ -288,29 +288,66 @@ async fn the_snapshot_seam_has_no_gap_and_no_duplicate() {
         while done.load(Ordering::SeqCst) < 30 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let (mut client, _) = Client::open(&app, &format!("/ws/stations/{station}"), None).await;
-        let snapshot = client.next_json().await;
-        assert_eq!(snapshot["action"], "snapshot");
-        let position = snapshot["last_event_id"].as_i64().unwrap();
-        let mut available = snapshot["available_batteries"].as_i64().unwrap();
+        let (client, _) = Client::open(&app, &format!("/ws/stations/{station}"), None).await;
+        let available = follow_from_snapshot(client, 120).await;
         assert!(available < 120, "the snapshot should land mid-burst");
-        let mut expected_id = position + 1;
-        // Every later event of this (only) station, in order, each adding one battery.
-        while available < 120 {
-            let added = client.next_json().await;
-            let update = client.next_json().await;
-            assert_eq!(
-                (added["type"].as_str(), added["event_id"].as_i64()),
-                (Some("battery_added"), Some(expected_id))
-            );
-            assert_eq!(update["event_id"], expected_id + 1);
-            available += 1;
-            assert_eq!(
-                update["available_batteries"], available,
-                "counts continue from the snapshot"
-            );
-            expected_id += 2;
-        }
     };
     futures_util::future::join(producer, consumer).await;
+}
+
+/// Many dashboards opening one station's feed while it changes: each snapshot is read before its
+/// subscription is registered, so what commits in between must come from the log — every one of
+/// them continues from its own snapshot with no gap and no duplicate.
+#[actix_web::test]
+async fn fresh_subscriptions_opened_all_through_a_burst_each_continue_from_their_snapshot() {
+    const ADDITIONS: usize = 300;
+    let app = spawn_app().await;
+    let station = app.station("Busy", None).await;
+    let done = AtomicUsize::new(0);
+    let producer = async {
+        for i in 0..ADDITIONS {
+            app.battery(station, &format!("BURST-{i}")).await;
+            done.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let consumers = (0..60).map(|k| {
+        let (app, done) = (&app, &done);
+        async move {
+            while done.load(Ordering::SeqCst) < 5 + 4 * k {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let (client, _) = Client::open(app, &format!("/ws/stations/{station}"), None).await;
+            follow_from_snapshot(client, ADDITIONS as i64).await;
+        }
+    });
+    futures_util::future::join(producer, futures_util::future::join_all(consumers)).await;
+}
+
+/// Reads a one-station feed's snapshot, then every later event of the station (the only one
+/// changing, one battery added at a time) until `total` are available: in order, each id the next
+/// one, the counts continuing from the snapshot's. Returns what the snapshot showed available.
+async fn follow_from_snapshot(mut client: Client, total: i64) -> i64 {
+    let snapshot = client.next_json().await;
+    assert_eq!(snapshot["action"], "snapshot");
+    let position = snapshot["last_event_id"].as_i64().unwrap();
+    let shown = snapshot["available_batteries"].as_i64().unwrap();
+    let mut available = shown;
+    let mut expected_id = position + 1;
+    while available < total {
+        let added = client.next_json().await;
+        let update = client.next_json().await;
+        assert_eq!(
+            (added["type"].as_str(), added["event_id"].as_i64()),
+            (Some("battery_added"), Some(expected_id)),
+            "the event after the snapshot at {position}"
+        );
+        assert_eq!(update["event_id"], expected_id + 1);
+        available += 1;
+        assert_eq!(
+            update["available_batteries"], available,
+            "counts continue from the snapshot"
+        );
+        expected_id += 2;
+    }
+    shown
 }
