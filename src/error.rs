@@ -60,12 +60,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// What each change of a batch that failed as a whole is told: the database's unavailability
-    /// stays a 503; anything else is internal, with the cause logged once by the caller.
+    /// What each change of a batch that failed as a whole is told: 503. The batch failed on the
+    /// statements every batch runs (the event counter, savepoints, the log, the commit), not on
+    /// anything a change asked for — in practice a database that went away or broke off — so
+    /// nothing of it committed and a retry is the answer; the cause is logged once by the caller.
     pub fn for_each_change(&self) -> Error {
         match self {
             Error::Unavailable(message) => Error::Unavailable(message.clone()),
-            other => Error::Internal(anyhow::anyhow!("the batch holding this change failed: {other}")),
+            other => Error::Unavailable(format!("the batch holding this change failed: {other}")),
         }
     }
 
@@ -200,6 +202,13 @@ impl From<DieselError> for Error {
                 tracing::error!(error = info.message(), "deadlock between transactions");
                 Error::Unavailable(info.message().to_owned())
             }
+            // A connection the server broke off (PostgreSQL restarting, or an administrator's
+            // pg_terminate_backend) is reported with a message, not always as a closed connection.
+            DieselError::DatabaseError(_, ref info) if is_connection_lost(info.message()) => {
+                Error::Unavailable(info.message().to_owned())
+            }
+            // A transaction left broken by a lost connection: the connection is replaced.
+            DieselError::BrokenTransactionManager => Error::Unavailable("the database connection broke".into()),
             // SQLite reports a writer that outlasted busy_timeout as a plain error; it is load, not a bug.
             DieselError::DatabaseError(_, ref info) if info.message().contains("database is locked") => {
                 Error::Unavailable(info.message().to_owned())
@@ -207,6 +216,21 @@ impl From<DieselError> for Error {
             other => Error::Internal(anyhow::Error::new(other).context("database error")),
         }
     }
+}
+
+/// PostgreSQL's and libpq's words for a connection that ended under the client.
+fn is_connection_lost(message: &str) -> bool {
+    const LOST: &[&str] = &[
+        "terminating connection",
+        "server closed the connection",
+        "no connection to the server",
+        "could not receive data from server",
+        "could not send data to server",
+        "connection to server",
+        "the database system is shutting down",
+        "the database system is starting up",
+    ];
+    LOST.iter().any(|words| message.contains(words))
 }
 
 impl From<diesel::r2d2::PoolError> for Error {
@@ -219,6 +243,27 @@ impl From<diesel::r2d2::PoolError> for Error {
 mod tests {
     use super::*;
     use actix_web::body::to_bytes;
+
+    /// A connection PostgreSQL broke off is the database's unavailability (503), however it is
+    /// worded, and so is a batch that failed as a whole.
+    #[test]
+    fn a_lost_connection_is_unavailable() {
+        for message in [
+            "terminating connection due to administrator command",
+            "server closed the connection unexpectedly",
+        ] {
+            let lost = DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned()));
+            assert!(matches!(Error::from(lost), Error::Unavailable(_)), "{message}");
+        }
+        assert!(matches!(
+            Error::from(DieselError::BrokenTransactionManager),
+            Error::Unavailable(_)
+        ));
+        let other = DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new("syntax error".to_owned()));
+        assert!(matches!(Error::from(other), Error::Internal(_)));
+        let batch = Error::Internal(anyhow::anyhow!("anything"));
+        assert!(matches!(batch.for_each_change(), Error::Unavailable(_)));
+    }
 
     #[actix_web::test]
     async fn validation_errors_name_their_fields() {

@@ -31,6 +31,8 @@ pub fn close_for(error: &Error) -> (u16, String) {
         Error::TokenExpired => close::TOKEN_EXPIRED,
         Error::AccountDisabled | Error::Forbidden(_) => close::FORBIDDEN,
         Error::NotFound(_) => close::UNKNOWN_STATION,
+        // Not the client's doing and not a bug: reconnect and resume later.
+        Error::Unavailable(_) | Error::Busy { .. } => close::TRY_AGAIN_LATER,
         _ => close::INTERNAL_ERROR,
     };
     (code, error.public_message())

@@ -76,7 +76,7 @@ impl<J: Job> Writer<J> {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| batch(open, jobs))) {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
-                        if manager.is_valid(open).is_err() {
+                        if manager.is_valid(open).is_err() || manager.has_broken(open) {
                             conn = reconnect(&manager);
                         }
                     }

@@ -48,9 +48,13 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
     let now = now_ms();
     let mut staged: Vec<Staged> = Vec::with_capacity(changes.len());
     let mut queue = changes.into_iter();
+    // The change under way: taken out of the queue, not yet staged or refused. Whatever fails
+    // while it is here (its savepoint's statements) fails the batch, and it hears why with the rest.
+    let mut current: Option<Box<dyn Queued>> = None;
     let outcome = db::write(conn, |conn| {
         events::log::take_turn(conn)?;
-        for mut change in queue.by_ref() {
+        for change in queue.by_ref() {
+            let change = current.insert(change);
             <DbConn as TransactionManager<DbConn>>::begin_transaction(conn)?;
             let mut ch = Change {
                 conn,
@@ -62,16 +66,18 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
             match ran {
                 Ok(Ok(())) => {
                     <DbConn as TransactionManager<DbConn>>::commit_transaction(conn)?;
+                    let change = current.take().expect("the change under way");
                     staged.push(Staged { change, pending });
                 }
                 Ok(Err(error)) => {
                     <DbConn as TransactionManager<DbConn>>::rollback_transaction(conn)?;
-                    change.refused(error);
+                    current.take().expect("the change under way").refused(error);
                 }
                 Err(_) => {
                     tracing::error!("a database change panicked; rolling it back");
                     <DbConn as TransactionManager<DbConn>>::rollback_transaction(conn)?;
-                    change.refused(Error::Internal(anyhow::anyhow!("the change failed")));
+                    let error = Error::Internal(anyhow::anyhow!("the change failed"));
+                    current.take().expect("the change under way").refused(error);
                 }
             }
         }
@@ -90,12 +96,10 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
         }
         Err(error) => {
             tracing::error!(error = %error, "a batch of changes failed");
-            // Nothing of the batch committed: every change staged, and every one not reached yet,
-            // hears why.
-            for s in staged {
-                s.change.refused(error.for_each_change());
-            }
-            for change in queue {
+            // Nothing of the batch committed: every change staged, the one under way, and every
+            // one not reached yet hears why.
+            let unanswered = staged.into_iter().map(|s| s.change).chain(current).chain(queue);
+            for change in unanswered {
                 change.refused(error.for_each_change());
             }
             Err(error)
@@ -158,6 +162,12 @@ mod tests {
             match self.ends {
                 "fails" => Err(Error::conflict("probe", "refused")),
                 "panics" => panic!("mid-change"),
+                // Ends the batch's transaction under it, as a lost connection would: its
+                // savepoint can no longer be released.
+                "breaks" => {
+                    ch.conn.batch_execute("ROLLBACK")?;
+                    Ok(())
+                }
                 _ => Ok(()),
             }
         }
@@ -219,5 +229,46 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.x).collect::<Vec<_>>(), vec![1, 3, 5]);
         let logged = events::log::after(&mut conn, 0, 100).unwrap();
         assert_eq!(logged.iter().map(|e| e.id.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    }
+
+    /// A batch whose transaction breaks under one of its changes (the savepoint cannot be
+    /// released): nothing commits and every change hears so — those staged, the one under way and
+    /// those not reached yet — as unavailable (503), never left unanswered.
+    #[test]
+    fn a_batch_that_breaks_answers_every_change_and_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&dir.path().join("b.db").display().to_string(), Some(2)).unwrap();
+        let mut conn = pool.get().unwrap();
+        db::migrate(&mut conn).unwrap();
+        conn.batch_execute("CREATE TABLE t (x BIGINT)").unwrap();
+        let (report, reports) = mpsc::channel();
+        let changes: Vec<Box<dyn Queued>> = [(1, "commits"), (2, "breaks"), (3, "commits")]
+            .into_iter()
+            .map(|(x, ends)| {
+                Box::new(Probe {
+                    x,
+                    events: 1,
+                    ends,
+                    report: report.clone(),
+                }) as Box<dyn Queued>
+            })
+            .collect();
+        assert!(batch(&mut conn, changes).is_err());
+        drop(report);
+        let mut outcomes: Vec<_> = reports.iter().collect();
+        outcomes.sort_by_key(|(x, _)| *x);
+        assert_eq!(
+            outcomes.iter().map(|(x, _)| *x).collect::<Vec<_>>(),
+            vec![1, 2, 3],
+            "every change answered"
+        );
+        for (x, outcome) in &outcomes {
+            let error = outcome.as_ref().expect_err("nothing committed");
+            assert!(error.starts_with("Database unavailable"), "change {x}: {error}");
+        }
+        let mut fresh = pool.get().unwrap();
+        let rows: Vec<X> = diesel::sql_query("SELECT x FROM t").load(&mut fresh).unwrap();
+        assert!(rows.is_empty());
+        assert!(events::log::after(&mut fresh, 0, 100).unwrap().is_empty());
     }
 }

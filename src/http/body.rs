@@ -20,8 +20,9 @@ use crate::error::{Error, Result};
 /// telemetry ([`BATCH_BODY_BYTES`]).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Largest batch body: a thousand readings with the longest serials.
-pub const BATCH_BODY_BYTES: usize = 256 * 1024;
+/// Largest batch body: a thousand readings with the longest serials (64 characters, each up to
+/// twelve bytes as a JSON escape) and room to spare.
+pub const BATCH_BODY_BYTES: usize = 1024 * 1024;
 
 /// A JSON body of at most `LIMIT` bytes parsed into `T`, with the raw bytes kept for idempotency
 /// fingerprints.

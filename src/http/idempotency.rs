@@ -140,8 +140,42 @@ fn fingerprint(req: &HttpRequest, body: &[u8]) -> String {
     hash.update(b" ");
     hash.update(req.path().trim_end_matches('/'));
     hash.update(b"\n");
-    hash.update(body);
+    // The same request is the same JSON, however it is spaced or its keys ordered: a client that
+    // serializes its body again for a retry is replayed, not refused. (A body that is not JSON
+    // never reaches here: it is refused with 400 first.)
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) => canonical(&value, &mut hash),
+        Err(_) => hash.update(body),
+    }
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds `value` to the hash with its objects' keys in order and no spaces.
+fn canonical(value: &serde_json::Value, hash: &mut Sha256) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            hash.update(b"{");
+            for key in keys {
+                hash.update(Value::String(key.clone()).to_string());
+                hash.update(b":");
+                canonical(&map[key], hash);
+                hash.update(b",");
+            }
+            hash.update(b"}");
+        }
+        Value::Array(items) => {
+            hash.update(b"[");
+            for item in items {
+                canonical(item, hash);
+                hash.update(b",");
+            }
+            hash.update(b"]");
+        }
+        scalar => hash.update(scalar.to_string()),
+    }
 }
 
 /// The stored response for a key, if it is younger than a day; an older one is forgotten here.

@@ -68,6 +68,10 @@ pub struct Outlet {
     /// When the socket last took a frame, or a catch-up began to wait: a catch-up that waits
     /// long past it has a reader that stopped.
     progress: Instant,
+    /// When the kernel last took frames it had refused (its buffer was full): the reader read.
+    /// Frames the kernel takes at once say nothing — it takes them from a dead peer too, until
+    /// its buffer fills.
+    kernel_drained: Option<Instant>,
     /// The generation the next subscription gets.
     generations: u64,
 }
@@ -91,6 +95,7 @@ impl Outlet {
             poked: false,
             drains: Vec::new(),
             progress: Instant::now(),
+            kernel_drained: None,
             generations: 0,
         }
     }
@@ -219,6 +224,12 @@ impl Outlet {
         !self.drains.is_empty() && self.progress.elapsed() > limit
     }
 
+    /// Whether the reader made room in the kernel's buffer within `limit`: a peer working through
+    /// a backlog is alive though its Pong waits behind what it has not read yet.
+    pub fn reader_read_within(&self, limit: Duration) -> bool {
+        self.kernel_drained.is_some_and(|at| at.elapsed() <= limit)
+    }
+
     /// Whether a catch-up waits for the socket to take what it handed over.
     pub fn catching_up(&self) -> bool {
         !self.drains.is_empty()
@@ -289,7 +300,11 @@ impl Outlet {
     /// The session's waiter: the kernel takes more now.
     pub fn writable(&mut self) {
         self.waiting = false;
+        let before = self.socket.queued();
         self.flush();
+        if self.socket.queued() < before {
+            self.kernel_drained = Some(Instant::now());
+        }
     }
 
     /// A Close is queued (or sent): nothing else goes out.

@@ -185,13 +185,18 @@ impl WsSession {
         }
     }
 
-    /// Closes a session whose outbound queue overflowed; the client resumes with `last_event_id`.
-    /// What it has not begun to receive is dropped, so the Close frame is next.
+    /// Closes a session whose outbound queue overflowed.
     fn overflowed(&mut self, ctx: &mut Ctx) {
+        self.close_slow(ctx, "Send queue overflow; resume with last_event_id");
+    }
+
+    /// Closes a slow consumer (1013): what it has not begun to receive is dropped, so the Close
+    /// frame is next; the client resumes with `last_event_id`.
+    fn close_slow(&mut self, ctx: &mut Ctx, why: &str) {
         self.state.hub.metrics.slow_consumer_closes.inc();
         let reason = CloseReason {
             code: CloseCode::Other(close::TRY_AGAIN_LATER),
-            description: Some("Send queue overflow; resume with last_event_id".into()),
+            description: Some(why.into()),
         };
         self.close_as(Some(reason), true, ctx);
     }
@@ -591,17 +596,23 @@ impl Actor for WsSession {
             // (1013, resume later), whether or not it still talks — and one that is silent too
             // is that, not merely gone.
             let limit = this.limits.heartbeat * MISSED_HEARTBEATS;
-            let silent = this.last_heard.elapsed() > limit;
-            let stopped = {
+            let (stopped, silent) = {
                 let out = this.out();
-                out.stalled(limit) || (silent && out.catching_up())
+                // Our Ping waits behind every frame sent before it, in our queue and in both
+                // kernels' buffers: a reader working through a backlog answers late. It is silent
+                // only if it has not made room in the kernel's buffer for as long either.
+                let silent = this.last_heard.elapsed() > limit && !out.reader_read_within(limit);
+                (out.stalled(limit) || (silent && out.catching_up()), silent)
             };
             if stopped {
                 tracing::debug!(session = this.id, "reader stopped during a catch-up");
                 this.overflowed(ctx);
             } else if silent {
-                tracing::debug!(session = this.id, "peer silent; dropping");
-                ctx.stop();
+                // Gone, or so far behind that a Ping has waited three heartbeats: Close (1013)
+                // after what the kernel holds, never a reset that would throw away what the
+                // reader has not read yet. A reader still there reads it all, then resumes.
+                tracing::debug!(session = this.id, "peer silent; closing");
+                this.close_slow(ctx, "No answer to pings; resume with last_event_id");
             } else {
                 this.send(socket::control(OpCode::Ping, b""), ctx);
             }

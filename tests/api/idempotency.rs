@@ -45,6 +45,20 @@ async fn a_retried_booking_returns_the_first_response_and_books_once() {
         ["battery_booked", "inventory_update", "booking_confirmed"]
     );
 
+    // The same request serialized again — other spacing, other key order — is the same request.
+    let respaced = app
+        .client
+        .post(app.url("/api/bookings"))
+        .bearer_auth(&driver.token)
+        .header("Idempotency-Key", "key-1")
+        .header("content-type", "application/json")
+        .body(format!("{{ \"station_id\" :  {station} }}"))
+        .send()
+        .await
+        .unwrap();
+    let respaced = TestApp::reply(respaced).await;
+    assert_eq!((respaced.status.as_u16(), &respaced.body), (201, &first.body));
+
     // The same key for a different request is refused; a new key books again.
     let other = keyed_post(
         &app,

@@ -2,6 +2,8 @@
 //! rest applied in one change, one `battery_updated` per battery that changed and one
 //! `inventory_update` per station whose counts changed.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::helpers::{kinds, spawn_app, TestApp};
@@ -219,8 +221,20 @@ async fn operators_report_on_their_own_stations_and_bad_batches_change_nothing()
     app.post("/api/telemetry", admin, json!({}))
         .await
         .expect_error(422, "validation_failed");
-    let huge = format!(r#"{{"readings":[{{"serial":"{}","soc":1}}]}}"#, "x".repeat(300 * 1024));
+    let huge = format!(r#"{{"readings":[{{"serial":"{}","soc":1}}]}}"#, "x".repeat(1100 * 1024));
     raw(&app, huge).await.expect_error(413, "payload_too_large");
+    // The largest batch a client may send fits: a thousand readings of 64-character serials,
+    // every character escaped as JSON allows (here beyond the Basic Multilingual Plane, twelve
+    // bytes each) — judged reading by reading, not refused whole.
+    let serial = "\\ud83d\\udd0b".repeat(64);
+    let readings: Vec<String> = (0..1000)
+        .map(|_| format!(r#"{{"serial":"{serial}","soc":100,"soh":100}}"#))
+        .collect();
+    let largest = format!(r#"{{"readings":[{}]}}"#, readings.join(","));
+    assert!(largest.len() > 768 * 1024, "{} bytes", largest.len());
+    let judged = raw(&app, largest).await.expect(200);
+    assert_eq!(judged["rejected"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(judged["rejected"][999]["code"], "unknown_serial");
     raw(&app, "{\"readings\": [".into())
         .await
         .expect_error(400, "malformed_json");
@@ -252,15 +266,7 @@ async fn a_burst_larger_than_the_queue_reaches_a_late_reader_whole() {
         let serials: Vec<String> = chunk.iter().map(|i| format!("BURST-{i}")).collect();
         futures_util::future::join_all(serials.iter().map(|serial| app.battery(station, serial))).await;
     }
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
-    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
-    let feed = format!("ws://127.0.0.1:{port}/ws/stations/{station}/");
-    let (late, _) = tokio_tungstenite::client_async(feed, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut late = crate::wsclient::Client { socket: late };
+    let mut late = small_buffer_client(&app, &format!("/ws/stations/{station}/")).await;
     assert_eq!(late.next_json().await["type"], "connection_established");
     assert_eq!(late.next_json().await["type"], "inventory_update");
 
@@ -289,4 +295,66 @@ async fn a_burst_larger_than_the_queue_reaches_a_late_reader_whole() {
     );
     late.send_text(r#"{"type":"ping","timestamp":"after"}"#).await;
     assert_eq!(late.next_json().await["type"], "pong");
+}
+
+/// A WebSocket client of `path` whose socket has a 4 KiB receive buffer, so what it has not read
+/// waits on the server's side.
+async fn small_buffer_client(app: &crate::helpers::TestApp, path: &str) -> crate::wsclient::Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    let stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    let (socket, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    crate::wsclient::Client { socket }
+}
+
+/// A reader that works through bursts steadily but slowly, with a heartbeat far shorter than
+/// that takes: its Pongs come late, behind what it has not read (in the kernels' buffers, which
+/// grow to megabytes on loopback). It is never cut off without a
+/// Close: it keeps its connection, or is closed with 1013 after what it was sent and resumes —
+/// either way every event reaches it once, in order.
+#[actix_web::test]
+async fn a_slow_steady_reader_is_never_cut_off_without_a_close() {
+    const BATTERIES: usize = 300;
+    const BATCHES: usize = 6;
+    let app = crate::helpers::spawn_app_with(|s| s.heartbeat = 1).await;
+    let station = app.station("Slow", None).await;
+    for chunk in (0..BATTERIES).collect::<Vec<_>>().chunks(50) {
+        let serials: Vec<String> = chunk.iter().map(|i| format!("SLOW-{i}")).collect();
+        futures_util::future::join_all(serials.iter().map(|serial| app.battery(station, serial))).await;
+    }
+    let start = app.last_event_id().await;
+    let feed = format!("/ws/stations/{station}/");
+    let mut reader = crate::wsclient::Client::connect(&app, &format!("{feed}?last_event_id={start}")).await;
+    assert_eq!(reader.next_json().await["type"], "connection_established");
+    for batch in 0..BATCHES {
+        let readings: Vec<Value> = (0..BATTERIES)
+            .map(|i| json!({"serial": format!("SLOW-{i}"), "soc": 10 + batch}))
+            .collect();
+        app.post("/api/telemetry", Some(&app.admin.token), json!({"readings": readings}))
+            .await
+            .expect(200);
+    }
+    let expected = BATTERIES * BATCHES;
+    let (mut ids, mut resumes) = (Vec::with_capacity(expected), 0);
+    while ids.len() < expected {
+        let message = reader.next().await;
+        if let Some(code) = message.get("close") {
+            assert_eq!(code, 1013, "only a slow consumer's close");
+            resumes += 1;
+            assert!(resumes < 20, "resumed over and over");
+            let last = ids.last().copied().unwrap_or(start);
+            reader = crate::wsclient::Client::connect(&app, &format!("{feed}?last_event_id={last}")).await;
+            assert_eq!(reader.next_json().await["type"], "connection_established");
+            continue;
+        }
+        assert_eq!(message["type"], "battery_updated", "{message}");
+        ids.push(message["event_id"].as_i64().unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let want: Vec<i64> = (start + 1..=start + expected as i64).collect();
+    assert_eq!(ids, want, "missed, doubled or reordered events");
 }
