@@ -102,12 +102,19 @@ pub enum EventBody {
         message: String,
         level: Level,
     },
+    /// Staff to everyone watching a station (CONTRACT §4.5).
+    StationAnnouncement {
+        station_id: StationId,
+        station_name: String,
+        message: String,
+        level: Level,
+    },
 }
 
 impl EventBody {
     /// Every `type` an event can have (what `docs/asyncapi.json` must document), in declaration
     /// order; a unit test holds it to the variants.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "inventory_update",
         "battery_added",
         "battery_booked",
@@ -117,6 +124,7 @@ impl EventBody {
         "booking_confirmed",
         "booking_ready",
         "notification",
+        "station_announcement",
     ];
 
     /// The seed-001 `type`, also stored in the log's `kind` column.
@@ -131,6 +139,7 @@ impl EventBody {
             EventBody::BookingConfirmed { .. } => "booking_confirmed",
             EventBody::BookingReady { .. } => "booking_ready",
             EventBody::Notification { .. } => "notification",
+            EventBody::StationAnnouncement { .. } => "station_announcement",
         }
     }
 }

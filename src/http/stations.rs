@@ -9,11 +9,12 @@ use super::body::{self, double_option, Body, BATCH_BODY_BYTES};
 use super::idempotency;
 use crate::auth::extract::RequestCaller;
 use crate::auth::policy;
+use crate::domain::announcements::{self, Announcement};
 use crate::domain::batteries::{self, AddBattery, BatteryPatch, ReturnInput};
 use crate::domain::ids::{BatteryId, StationId, UserId};
 use crate::domain::stations::{self, NewStationInput, StationPatch};
 use crate::domain::telemetry;
-use crate::domain::values::{Address, Percent, Serial, StationName, StationStatus};
+use crate::domain::values::{Address, Level, Percent, Serial, StationName, StationStatus};
 use crate::error::{Error, Result};
 use crate::router::Router;
 use crate::state::AppState;
@@ -27,6 +28,7 @@ pub fn routes(r: &mut impl Router) {
         .route(Method::GET, "/stations/{id}/batteries", list_batteries)
         .route(Method::POST, "/stations/{id}/batteries", add_battery)
         .route(Method::POST, "/stations/{id}/returns", record_return)
+        .route(Method::POST, "/stations/{id}/announcements", announce)
         .route(Method::PATCH, "/batteries/{id}", update_battery)
         .route(Method::POST, "/telemetry", telemetry);
 }
@@ -161,6 +163,31 @@ async fn add_battery(
     let who = actor.clone();
     idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
         batteries::add(ch, &actor, id, &input)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct AnnounceRequest {
+    message: String,
+    level: Option<Level>,
+}
+
+/// A message to everyone watching the station, as the event `station_announcement` (CONTRACT
+/// §4.5): 201 with the announcement.
+async fn announce(
+    state: web::Data<AppState>,
+    caller: RequestCaller,
+    req: HttpRequest,
+    id: web::Path<i64>,
+    body: Body<AnnounceRequest>,
+) -> Result<HttpResponse> {
+    let actor = caller.actor()?.clone();
+    let id = StationId(id.into_inner());
+    let announcement = Announcement::parse(&body.value.message, body.value.level)?;
+    let who = actor.clone();
+    idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
+        announcements::announce(ch, &actor, id, &announcement)
     })
     .await
 }

@@ -10,11 +10,12 @@ use serde_json::Value;
 use crate::auth::extract::load_caller;
 use crate::auth::{policy, Identity};
 use crate::clock::now_ms;
+use crate::domain::announcements::{self, Announcement};
 use crate::domain::batteries::AddBattery;
 use crate::domain::ids::{BookingId, StationId};
 use crate::domain::input::from_value;
 use crate::domain::stations::StationPatch;
-use crate::domain::values::StationStatus;
+use crate::domain::values::{Level, StationStatus};
 use crate::domain::{batteries, bookings, stations};
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -62,6 +63,13 @@ impl ListStations {
 struct SetStatus {
     station_id: i64,
     status: StationStatus,
+}
+
+#[derive(Deserialize)]
+struct AnnounceRequest {
+    station_id: i64,
+    message: String,
+    level: Option<Level>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +152,17 @@ pub async fn perform(state: Arc<AppState>, identity: Option<Identity>, action: S
             to_value(
                 state
                     .change(move |ch| batteries::add(ch, &actor, station, &input))
+                    .await?,
+            )
+        }
+        "announce" => {
+            let actor = signed_in()?;
+            let request: AnnounceRequest = from_value(data)?;
+            let announcement = Announcement::parse(&request.message, request.level)?;
+            let station = StationId(request.station_id);
+            to_value(
+                state
+                    .change(move |ch| announcements::announce(ch, &actor, station, &announcement))
                     .await?,
             )
         }

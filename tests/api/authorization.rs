@@ -69,6 +69,7 @@ enum Case {
     AssignOperator,
     AddBattery,
     Telemetry,
+    Announce,
     Retire,
     RecordReturn,
     Book,
@@ -96,6 +97,7 @@ impl Case {
         Case::AssignOperator,
         Case::AddBattery,
         Case::Telemetry,
+        Case::Announce,
         Case::Retire,
         Case::RecordReturn,
         Case::Book,
@@ -117,7 +119,7 @@ impl Case {
         match self {
             Case::ListStations | Case::GetStation | Case::ListBatteries => EVERYONE,
             Case::CreateStation | Case::AssignOperator | Case::Retire => ADMIN,
-            Case::SetStationStatus | Case::AddBattery | Case::Telemetry | Case::RecordReturn => STAFF,
+            Case::SetStationStatus | Case::AddBattery | Case::Telemetry | Case::Announce | Case::RecordReturn => STAFF,
             Case::MarkReady | Case::Collect => STAFF,
             Case::Book | Case::ListBookings | Case::ListNotifications | Case::ReadOwnNotification | Case::Me => {
                 SIGNED_IN
@@ -163,6 +165,11 @@ impl Case {
                     Some(json!({"soc": 42})),
                 )
             }
+            Case::Announce => (
+                Method::POST,
+                format!("/api/stations/{}/announcements", w.station),
+                Some(json!({"message": "Closed for maintenance in 10 minutes", "level": "warning"})),
+            ),
             Case::Retire => {
                 let (battery, _) = w.fresh_battery().await;
                 (

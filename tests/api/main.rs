@@ -6,6 +6,7 @@
 mod helpers;
 
 mod abuse;
+mod announcements;
 mod auth;
 mod authorization;
 mod big_network;

@@ -907,6 +907,26 @@ async fn a_live_swap_speaks_exactly_the_documented_protocols() {
     .expect(200);
     api.call(
         "post",
+        "/api/stations/{id}/announcements",
+        &[&s],
+        Some(&admin),
+        Some(json!({"message": "Closed for maintenance in 10 minutes", "level": "warning"})),
+    )
+    .await
+    .expect(201);
+    let mut mux_admin = Watcher::connect(&app, &format!("/ws?token={admin}"), "/ws").await;
+    let announced = ws_request(
+        &mut mux_admin,
+        &docs,
+        &mut matched,
+        "a",
+        "announce",
+        json!({"station_id": station, "message": "Open again"}),
+    )
+    .await;
+    assert_eq!(announced["type"], "response", "{announced}");
+    api.call(
+        "post",
         "/api/notifications",
         &[],
         Some(&admin),
@@ -944,6 +964,7 @@ async fn a_live_swap_speaks_exactly_the_documented_protocols() {
         "battery_collected",
         "battery_updated",
         "station_status",
+        "station_announcement",
         "pong",
         "error",
     ];
