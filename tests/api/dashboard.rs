@@ -264,6 +264,38 @@ async fn the_dashboard_shows_stations_and_changes_without_a_reload() {
     let station = app.get(&format!("/api/stations/{uptown}"), None).await.expect(200);
     assert_eq!(station["status"], "online");
 
+    // Staff announce from the page: the announcement is an event, in the live feed like the others.
+    browser
+        .eval(
+            r#"const form = document.querySelector(`[data-station-id="${arguments[0]}"] [data-action="announce"]`);
+               form.message.value = "Closed for maintenance in 10 minutes"; form.level.value = "warning";
+               form.requestSubmit(); return true;"#,
+            json!([uptown]),
+        )
+        .await;
+    let announced = r#"const li = document.querySelector('#feed li[data-level]');
+                       return li ? [li.dataset.level, li.textContent.includes(arguments[0])] : null;"#;
+    assert_eq!(
+        browser
+            .until(
+                announced,
+                json!(["Closed for maintenance in 10 minutes"]),
+                &json!(["warning", true])
+            )
+            .await,
+        json!(["warning", true]),
+        "the announcement in the live feed"
+    );
+    let logged = app.events_after(0).await;
+    let announcement = logged
+        .iter()
+        .find(|e| e["type"] == "station_announcement")
+        .expect("logged");
+    assert_eq!(
+        (&announcement["station_id"], &announcement["payload"]["message"]),
+        (&json!(uptown), &json!("Closed for maintenance in 10 minutes"))
+    );
+
     // On a phone's width nothing needs sideways scrolling.
     browser
         .command(
