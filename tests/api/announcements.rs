@@ -12,13 +12,7 @@ fn path(station: i64) -> String {
 
 /// Reads until a message of `kind` comes, skipping snapshots and the like.
 async fn next_of(client: &mut Client, kind: &str) -> Value {
-    for _ in 0..20 {
-        let message = client.next_json().await;
-        if message["type"] == kind {
-            return message;
-        }
-    }
-    panic!("no {kind}");
+    client.until(|m| m["type"] == kind).await
 }
 
 #[actix_web::test]
@@ -236,13 +230,7 @@ async fn the_ws_action_announce_is_the_same_for_staff_only() {
 }
 
 async fn answer(client: &mut Client, id: &str) -> Value {
-    for _ in 0..20 {
-        let message = client.next_json().await;
-        if message["request_id"] == id {
-            return message;
-        }
-    }
-    panic!("no answer to {id}");
+    client.until(|m| m["request_id"] == id).await
 }
 
 #[actix_web::test]

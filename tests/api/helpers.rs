@@ -429,12 +429,12 @@ fn port_in(line: &str) -> Option<u16> {
 
 /// A counter or gauge from a child server's `/metrics`.
 pub async fn metric(server: &ChildServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.address()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    metric_at(&format!("{}/metrics", server.address()), name).await
+}
+
+/// One value of the Prometheus text at `url` (a `/metrics` address).
+pub async fn metric_at(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} in /metrics"))

@@ -373,18 +373,7 @@ async fn a_new_all_stations_snapshot_shows_changes_that_wrote_no_event() {
 
 /// A counter from the in-process server's `/metrics`.
 async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
+    crate::helpers::metric_at(&app.url("/metrics"), name).await
 }
 
 #[actix_web::test]

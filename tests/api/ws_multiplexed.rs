@@ -17,13 +17,7 @@ async fn connect(app: &TestApp, user: Option<&TestUser>) -> Client {
 
 /// Reads until a message satisfies `pick`, skipping others (auto-subscriptions, snapshots).
 async fn until(client: &mut Client, pick: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..50 {
-        let message = client.next_json().await;
-        if pick(&message) {
-            return message;
-        }
-    }
-    panic!("no matching message");
+    client.until(pick).await
 }
 
 fn typed<'a>(kind: &'a str) -> impl Fn(&Value) -> bool + 'a {

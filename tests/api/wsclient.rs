@@ -74,6 +74,18 @@ impl Client {
         }
     }
 
+    /// Reads until a message satisfies `pick`, skipping others (snapshots, automatic
+    /// subscriptions, other channels' events); at most 50.
+    pub async fn until(&mut self, pick: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..50 {
+            let message = self.next_json().await;
+            if pick(&message) {
+                return message;
+            }
+        }
+        panic!("no matching message in 50");
+    }
+
     /// The next message, which must be JSON (not a close).
     pub async fn next_json(&mut self) -> Value {
         let value = self.next().await;
