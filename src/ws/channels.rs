@@ -93,15 +93,7 @@ async fn authorize(state: &AppState, actor: Option<&Caller>, channel: Channel) -
             let who = actor.cloned();
             state
                 .read(move |conn| match channel {
-                    Channel::Station(id) => {
-                        let station = stations::load(conn, id)?;
-                        let shown = policy::sees_personal_data(who.as_ref(), stations::operator_of(&station));
-                        Ok(if shown {
-                            PersonalData::Shown
-                        } else {
-                            PersonalData::Hidden
-                        })
-                    }
+                    Channel::Station(id) => Ok(personal_at(who.as_ref(), &stations::load(conn, id)?)),
                     _ if policy::sees_all_personal_data(who.as_ref()) => Ok(PersonalData::Shown),
                     _ => {
                         let operated: HashSet<StationId> = stations::operated_by(conn, who.as_ref())?
@@ -137,23 +129,35 @@ async fn authorize_with_snapshot(
         .read(move |conn| {
             db::read_consistent(conn, |conn| {
                 let station = stations::load(conn, id)?;
-                let personal = if policy::sees_personal_data(who.as_ref(), stations::operator_of(&station)) {
-                    PersonalData::Shown
-                } else {
-                    PersonalData::Hidden
-                };
-                let position = log::latest_id(conn)?;
-                let text = wire::snapshot(&stations::StationView::new(station)?, position, now_ms());
-                Ok((personal, Snapshot { position, text }))
+                let personal = personal_at(who.as_ref(), &station);
+                Ok((personal, Snapshot::read(conn, station)?))
             })
         })
         .await
+}
+
+/// Where a caller sees personal data of one station's events: there, or nowhere.
+fn personal_at(who: Option<&Caller>, station: &crate::db::models::Station) -> PersonalData {
+    if policy::sees_personal_data(who, stations::operator_of(station)) {
+        PersonalData::Shown
+    } else {
+        PersonalData::Hidden
+    }
 }
 
 /// A station's snapshot as of an event id.
 struct Snapshot {
     position: i64,
     text: ByteString,
+}
+
+impl Snapshot {
+    /// The station as loaded, as of the newest event: in one consistent read with the load.
+    fn read(conn: &mut db::DbConn, station: crate::db::models::Station) -> Result<Snapshot> {
+        let position = log::latest_id(conn)?;
+        let text = wire::snapshot(&stations::StationView::new(station)?, position, now_ms());
+        Ok(Snapshot { position, text })
+    }
 }
 
 /// One channel of one session on its way in.
@@ -359,9 +363,8 @@ async fn catch_up(
                     state
                         .read(move |conn| {
                             db::read_consistent(conn, |conn| {
-                                let position = log::latest_id(conn)?;
-                                let text = wire::snapshot(&stations::get(conn, id)?, position, now_ms());
-                                Ok(Snapshot { position, text })
+                                let station = stations::load(conn, id)?;
+                                Snapshot::read(conn, station)
                             })
                         })
                         .await?

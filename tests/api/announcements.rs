@@ -211,6 +211,28 @@ async fn the_ws_action_announce_is_the_same_for_staff_only() {
     other.send_text(&ask("d1", "Not mine to say")).await;
     let refused = answer(&mut other, "d1").await;
     assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    // Bad input over /ws is refused as over REST, and announces nothing.
+    for (id, data, code) in [
+        ("e1", json!({"station_id": station, "message": ""}), "validation_failed"),
+        (
+            "e2",
+            json!({"station_id": station, "message": "x".repeat(2001)}),
+            "validation_failed",
+        ),
+        (
+            "e3",
+            json!({"station_id": station, "message": "Hi", "level": "loud"}),
+            "validation_failed",
+        ),
+        ("e4", json!({"station_id": "one", "message": "Hi"}), "validation_failed"),
+        ("e5", json!({"station_id": 999_999, "message": "Hi"}), "not_found"),
+    ] {
+        staff
+            .send_text(&json!({"type": "request", "request_id": id, "action": "announce", "data": data}).to_string())
+            .await;
+        let refused = answer(&mut staff, id).await;
+        assert_eq!(refused["error"]["code"], code, "{id}: {refused}");
+    }
     staff.send_text(&ask("o1", "Power cut, back in an hour")).await;
     let done = answer(&mut staff, "o1").await;
     assert_eq!(
