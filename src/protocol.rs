@@ -61,6 +61,11 @@ pub enum ClientMessage {
         #[serde(default)]
         channel: Option<Value>,
     },
+    /// Who watches a station's channel (§4.5).
+    Presence {
+        #[serde(default)]
+        channel: Option<Value>,
+    },
     Request {
         #[serde(default)]
         request_id: Option<Value>,
@@ -174,6 +179,27 @@ pub enum ServerMessage<'a> {
     },
     TokenExpiring {
         expires_in: i64,
+    },
+    /// A station's presence; `signed_in` for its staff only.
+    Presence {
+        channel: String,
+        viewers: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signed_in: Option<&'a [crate::realtime::presence::SignedIn]>,
+    },
+    /// To the station's staff: a signed-in user's first connection to the station began.
+    ViewerJoined {
+        user_id: UserId,
+        display_name: &'a str,
+        role: Role,
+        viewers: usize,
+    },
+    /// To the station's staff: a signed-in user's last connection to the station ended.
+    ViewerLeft {
+        user_id: UserId,
+        display_name: &'a str,
+        role: Role,
+        viewers: usize,
     },
     SystemMetrics {
         connections: usize,

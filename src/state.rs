@@ -4,6 +4,10 @@
 use std::sync::Arc;
 
 use crate::auth::guard::LoginGuard;
+use crate::auth::{policy, Caller};
+use crate::domain::ids::StationId;
+use crate::domain::stations;
+use crate::realtime::presence::Visible;
 use crate::auth::tokens::TokenKeys;
 use crate::config::Settings;
 use tokio::sync::oneshot;
@@ -65,6 +69,21 @@ impl AppState {
         answer
             .await
             .map_err(|_| Error::Internal(anyhow::anyhow!("the database writer dropped a change")))?
+    }
+
+    /// A station's presence as this caller may see it (CONTRACT §4.5): anyone who may watch the
+    /// station gets the count, its staff (admins, its operator) also who is signed in; an
+    /// unknown station is not found. The one rule for `GET …/presence` and `/ws` `presence`.
+    pub async fn presence(&self, actor: Option<&Caller>, id: StationId) -> Result<Visible> {
+        policy::may_read_stations(actor, self.settings.public_feeds)?;
+        let station = self.read(move |conn| stations::load(conn, id)).await?;
+        let staff = policy::sees_personal_data(actor, stations::operator_of(&station));
+        let view = self.hub.presence(id).await?;
+        Ok(Visible {
+            station_id: id,
+            viewers: view.viewers,
+            signed_in: staff.then_some(view.signed_in),
+        })
     }
 
     /// Runs a read (or a write that produces no events) off the async threads.

@@ -79,6 +79,7 @@ mod tests {
             id: UserId(id),
             role: Role::Operator,
             email: format!("u{id}@example.com"),
+            display_name: format!("U{id}"),
         }
     }
 

@@ -80,6 +80,7 @@ pub async fn load_caller(state: &AppState, credentials: Credentials) -> Result<C
         id,
         role: Role::from_db(&user.role)?,
         email: user.email,
+        display_name: user.display_name,
     };
     state.hub.actors.put(actor.clone(), session, ticket);
     Ok(actor)

@@ -22,6 +22,8 @@ pub struct Caller {
     pub id: UserId,
     pub role: Role,
     pub email: String,
+    /// How presence names them to a station's staff.
+    pub display_name: String,
 }
 
 /// A signed-in connection's identity: the caller as last read, and the credentials of the token it

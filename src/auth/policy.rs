@@ -84,6 +84,7 @@ mod tests {
             id: UserId(id),
             role,
             email: format!("{id}@x.test"),
+            display_name: format!("U{id}"),
         }
     }
 

@@ -29,6 +29,7 @@ pub fn routes(r: &mut impl Router) {
         .route(Method::POST, "/stations/{id}/batteries", add_battery)
         .route(Method::POST, "/stations/{id}/returns", record_return)
         .route(Method::POST, "/stations/{id}/announcements", announce)
+        .route(Method::GET, "/stations/{id}/presence", presence)
         .route(Method::PATCH, "/batteries/{id}", update_battery)
         .route(Method::POST, "/telemetry", telemetry);
 }
@@ -171,6 +172,12 @@ async fn add_battery(
 struct AnnounceRequest {
     message: String,
     level: Option<Level>,
+}
+
+/// Who watches the station now, over every node (CONTRACT §4.5).
+async fn presence(state: web::Data<AppState>, caller: RequestCaller, id: web::Path<i64>) -> Result<HttpResponse> {
+    let id = StationId(id.into_inner());
+    Ok(HttpResponse::Ok().json(state.presence(caller.0.as_ref(), id).await?))
 }
 
 /// A message to everyone watching the station, as the event `station_announcement` (CONTRACT

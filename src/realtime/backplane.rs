@@ -10,7 +10,8 @@
 //! `<cluster>` is an id kept in the database, so nodes find each other by sharing a database and
 //! two deployments on one NATS server never mix. Nodes also tell each other who they are and whom
 //! they serve (`….nodes`), for the cluster-wide `GET /api/realtime/stats`, and which users an
-//! admin changed (`….users`), so those users' sessions on every node re-check their rights.
+//! admin changed (`….users`), so those users' sessions on every node re-check their rights; and
+//! who watches which station (`….presence`, see [`super::presence`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::messages::{BackplaneState, Committed, RecheckAll, RegistryStats, UserChanged};
+use super::messages::{BackplaneState, Committed, FromPeer, PresenceWire, RecheckAll, RegistryStats, UserChanged};
 use super::publisher::Publisher;
 use super::registry::Registries;
 use crate::auth::callers::CallerCache;
@@ -57,6 +58,7 @@ struct Peer {
 enum Outbound {
     Events(Vec<Event>),
     UserChanged(UserId),
+    Presence(PresenceWire),
 }
 
 /// What goes over NATS: who sent it, and what.
@@ -91,6 +93,10 @@ impl Subjects {
     fn users(&self) -> String {
         format!("{}.users", self.prefix)
     }
+
+    fn presence(&self) -> String {
+        format!("{}.presence", self.prefix)
+    }
 }
 
 /// The hub's actors a backplane feeds.
@@ -100,6 +106,7 @@ pub struct Local {
     pub registry: Registries,
     pub metrics: Arc<Metrics>,
     pub actors: Arc<CallerCache>,
+    pub presence: Recipient<FromPeer>,
 }
 
 impl Backplane {
@@ -154,6 +161,7 @@ impl Backplane {
         let events = client.subscribe(subjects.all_events()).await?;
         let nodes = client.subscribe(subjects.nodes()).await?;
         let users = client.subscribe(subjects.users()).await?;
+        let presence = client.subscribe(subjects.presence()).await?;
         let (outbound, queue) = mpsc::unbounded_channel();
         let backplane = Backplane {
             client: client.clone(),
@@ -164,6 +172,7 @@ impl Backplane {
         actix_web::rt::spawn(send(client.clone(), subjects.clone(), queue, local.clone()));
         actix_web::rt::spawn(receive_events(events, local.clone()));
         actix_web::rt::spawn(receive_users(users, local.clone()));
+        actix_web::rt::spawn(receive_presence(presence, local.clone()));
         actix_web::rt::spawn(receive_nodes(nodes, local.clone(), backplane.peers.clone()));
         actix_web::rt::spawn(recheck_while_down(client.clone(), local.clone()));
         actix_web::rt::spawn(heartbeat(client, subjects, local));
@@ -177,6 +186,11 @@ impl Backplane {
 
     pub fn user_changed(&self, user: UserId) {
         let _ = self.outbound.send(Outbound::UserChanged(user));
+    }
+
+    /// Sent in the order given, after what was handed over before (presence numbers its changes).
+    pub fn presence(&self, wire: PresenceWire) {
+        let _ = self.outbound.send(Outbound::Presence(wire));
     }
 
     pub fn connected(&self) -> bool {
@@ -239,6 +253,9 @@ async fn send(client: Client, subjects: Subjects, mut queue: mpsc::UnboundedRece
             Outbound::UserChanged(user) => encode(&local.node, user)
                 .map(|payload| vec![(subjects.users(), payload)])
                 .unwrap_or_default(),
+            Outbound::Presence(wire) => encode(&local.node, wire)
+                .map(|payload| vec![(subjects.presence(), payload)])
+                .unwrap_or_default(),
         };
         for (subject, payload) in messages {
             if let Err(e) = client.publish(subject, payload).await {
@@ -261,6 +278,19 @@ async fn receive_users(mut users: Subscriber, local: Arc<Local>) {
         if let Some(user) = decode::<UserId>(&local.node, &message.payload) {
             local.actors.forget(user);
             local.registry.broadcast(UserChanged { user });
+        }
+    }
+}
+
+async fn receive_presence(mut presence: Subscriber, local: Arc<Local>) {
+    while let Some(message) = presence.next().await {
+        if let Ok(envelope) = serde_json::from_slice::<Envelope<PresenceWire>>(&message.payload) {
+            if envelope.node != *local.node {
+                local.presence.do_send(FromPeer {
+                    node: envelope.node,
+                    wire: envelope.body,
+                });
+            }
         }
     }
 }

@@ -157,8 +157,9 @@ pub struct Connect {
     pub session: SessionId,
     pub to: Recipient<ToSession>,
     pub outlet: SharedOutlet,
-    /// Who is connected, if anyone signed in: changes to that user reach this connection.
-    pub user: Option<UserId>,
+    /// Who is connected, if anyone signed in: changes to that user reach this connection, and
+    /// presence shows them.
+    pub viewer: Option<Viewer>,
 }
 
 /// A connection signed in (again) in band: changes to this user now reach it.
@@ -166,7 +167,7 @@ pub struct Connect {
 #[rtype(result = "()")]
 pub struct Identify {
     pub session: SessionId,
-    pub user: UserId,
+    pub viewer: Viewer,
 }
 
 /// A connection is gone: forget all it had.
@@ -313,4 +314,79 @@ pub struct RegistryStats {
     pub stations: Vec<(StationId, usize)>,
     /// Watchers of the all-stations channel.
     pub all_stations: usize,
+}
+
+/// A signed-in viewer of a station, as presence shows them to the station's staff.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Viewer {
+    pub user_id: UserId,
+    pub display_name: String,
+    pub role: crate::domain::values::Role,
+}
+
+/// A connection began or stopped watching a station's own channel (told by its registry, the one
+/// place that knows who watches what). `Came` again for the same connection replaces what was
+/// known of it: it signed in, or renewed as a user whose name or role changed.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub enum Viewing {
+    Came {
+        station: StationId,
+        session: SessionId,
+        viewer: Option<Viewer>,
+    },
+    Went {
+        station: StationId,
+        session: SessionId,
+    },
+}
+
+/// A `viewer_joined` / `viewer_left` for the station's staff watching its `/ws` channel.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct StaffNotice {
+    pub station: StationId,
+    pub frame: Frame,
+}
+
+/// One connection's presence at a station, as nodes tell each other.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PresenceEntry {
+    pub station: StationId,
+    pub session: SessionId,
+    pub viewer: Option<Viewer>,
+    /// When it began to watch (unix ms).
+    pub since: i64,
+}
+
+/// What a node tells the others about its viewers over the backplane: each change at once, and
+/// its whole presence every [`super::presence::BEAT`] (in parts, so no message outgrows NATS's
+/// limit), which also says the node is alive.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PresenceWire {
+    /// `entry` is `None` when the connection went.
+    Change {
+        incarnation: u64,
+        seq: u64,
+        station: StationId,
+        session: SessionId,
+        entry: Option<PresenceEntry>,
+    },
+    /// Part `part` of `parts` of the node's presence as of change `seq`.
+    State {
+        incarnation: u64,
+        seq: u64,
+        part: u32,
+        parts: u32,
+        entries: Vec<PresenceEntry>,
+    },
+}
+
+/// Another node's presence message, as the backplane received it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromPeer {
+    pub node: String,
+    pub wire: PresenceWire,
 }

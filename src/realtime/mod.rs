@@ -5,6 +5,7 @@
 //! - [`registry`]  a `StationRegistry` per worker thread: station → that thread's watching sessions
 //! - [`directory`] starts and stops one [`notifier::Notifier`] per connected user
 //! - [`notifier`]  a user's sessions
+//! - [`presence`]  who watches each station, over every node
 //! - [`per_ip`]    WebSocket connections per peer address
 //! - [`outbox`]    the never-wait rule for handing a message to a session
 //! - [`messages`]  every message they exchange
@@ -15,6 +16,7 @@ pub mod messages;
 pub mod notifier;
 pub mod outbox;
 pub mod per_ip;
+pub mod presence;
 pub mod publisher;
 pub mod registry;
 #[cfg(test)]
@@ -34,6 +36,7 @@ use crate::metrics::Metrics;
 use backplane::Backplane;
 use directory::NotifierDirectory;
 use messages::{Committed, SessionId, UserChanged};
+use presence::{Presence, PresenceQuery, UseBackplane};
 use publisher::Publisher;
 use registry::Registries;
 
@@ -43,6 +46,7 @@ pub struct Hub {
     pub publisher: Addr<Publisher>,
     pub registry: Registries,
     pub directory: Addr<NotifierDirectory>,
+    pub presence: Addr<Presence>,
     pub metrics: Arc<Metrics>,
     /// This node's name, in metrics and stats.
     pub node: Arc<str>,
@@ -62,7 +66,15 @@ impl Hub {
     pub fn start(pool: Pool, last_event_id: i64, node: String) -> Hub {
         let metrics = Arc::new(Metrics::default());
         let node: Arc<str> = node.into();
-        let registry = Registries::start(metrics.clone(), node.clone());
+        // The registries tell presence who watches what; presence tells the registries' staff
+        // sessions who came and went.
+        let mut registries = None;
+        let presence = Presence::create(|ctx| {
+            let started = Registries::start(metrics.clone(), node.clone(), Some(ctx.address().recipient()));
+            registries = Some(started.clone());
+            Presence::new(started)
+        });
+        let registry = registries.expect("the registries start with presence");
         let directory = NotifierDirectory::new(metrics.clone()).start();
         let latest = Arc::new(AtomicI64::new(last_event_id));
         let publisher = Publisher::new(
@@ -78,6 +90,7 @@ impl Hub {
             publisher,
             registry,
             directory,
+            presence,
             metrics,
             node,
             backplane: None,
@@ -95,8 +108,11 @@ impl Hub {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             actors: self.actors.clone(),
+            presence: self.presence.clone().recipient(),
         };
-        self.backplane = Some(Backplane::start(url, cluster, local).await?);
+        let backplane = Backplane::start(url, cluster, local).await?;
+        self.presence.do_send(UseBackplane(backplane.clone()));
+        self.backplane = Some(backplane);
         Ok(())
     }
 
@@ -121,6 +137,14 @@ impl Hub {
         if let Some(backplane) = &self.backplane {
             backplane.user_changed(user);
         }
+    }
+
+    /// Who watches a station now, over every node.
+    pub async fn presence(&self, station: crate::domain::ids::StationId) -> crate::error::Result<presence::View> {
+        self.presence
+            .send(PresenceQuery(station))
+            .await
+            .map_err(|e| crate::error::Error::Internal(anyhow::anyhow!("presence unavailable: {e}")))
     }
 
     /// The newest event id known here to be committed (this node's commits at once, other nodes'

@@ -15,7 +15,7 @@ use actix::prelude::*;
 
 use super::messages::*;
 use crate::clock::{iso, now_ms};
-use crate::domain::ids::{StationId, UserId};
+use crate::domain::ids::StationId;
 use crate::events::wire::{tagged, Frame, Rendered};
 use crate::events::Audience;
 use crate::metrics::Metrics;
@@ -24,7 +24,7 @@ use crate::protocol::ServerMessage;
 struct Connection {
     to: Recipient<ToSession>,
     outlet: SharedOutlet,
-    user: Option<UserId>,
+    viewer: Option<Viewer>,
     channels: Vec<Channel>,
     /// Decisions begun before the last change to the user show no personal data: the re-check
     /// that change started decides again.
@@ -56,13 +56,15 @@ pub struct StationRegistry {
     /// subscribed in between (a newcomer must get those).
     subscribed: u64,
     metrics: Arc<Metrics>,
+    /// Told who begins and stops watching a station's own channel.
+    presence: Option<Recipient<Viewing>>,
 }
 
 /// How often the `system` channel gets a `system_metrics` sample (CONTRACT §4.3).
 pub const SYSTEM_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl StationRegistry {
-    fn new(metrics: Arc<Metrics>) -> StationRegistry {
+    fn new(metrics: Arc<Metrics>, presence: Option<Recipient<Viewing>>) -> StationRegistry {
         StationRegistry {
             connections: HashMap::new(),
             watchers: HashMap::new(),
@@ -70,7 +72,27 @@ impl StationRegistry {
             draining: false,
             subscribed: 0,
             metrics,
+            presence,
         }
+    }
+
+    /// Presence counts a station's own channel (the seed feed and `/ws` `station:{id}`), not the
+    /// all-stations feed.
+    fn tell_presence(&self, session: SessionId, channel: Channel, came: bool) {
+        let (Some(presence), Channel::Station(station)) = (&self.presence, channel) else {
+            return;
+        };
+        let message = if came {
+            let viewer = self.connections.get(&session).and_then(|c| c.viewer.clone());
+            Viewing::Came {
+                station,
+                session,
+                viewer,
+            }
+        } else {
+            Viewing::Went { station, session }
+        };
+        presence.do_send(message);
     }
 }
 
@@ -91,6 +113,7 @@ struct Shared {
     shards: RwLock<Vec<Addr<StationRegistry>>>,
     metrics: Arc<Metrics>,
     node: Arc<str>,
+    presence: Option<Recipient<Viewing>>,
 }
 
 thread_local! {
@@ -100,14 +123,16 @@ thread_local! {
 static NEXT_HUB: AtomicU64 = AtomicU64::new(1);
 
 impl Registries {
-    /// Starts the `system_metrics` sampler on the current arbiter.
-    pub fn start(metrics: Arc<Metrics>, node: Arc<str>) -> Registries {
+    /// Starts the `system_metrics` sampler on the current arbiter. Every registry tells
+    /// `presence` who watches which station.
+    pub fn start(metrics: Arc<Metrics>, node: Arc<str>, presence: Option<Recipient<Viewing>>) -> Registries {
         let registries = Registries {
             shared: Arc::new(Shared {
                 hub: NEXT_HUB.fetch_add(1, Ordering::Relaxed),
                 shards: RwLock::new(Vec::new()),
                 metrics,
                 node,
+                presence,
             }),
         };
         actix::spawn(registries.clone().sample_forever());
@@ -121,7 +146,7 @@ impl Registries {
                 .borrow_mut()
                 .entry(self.shared.hub)
                 .or_insert_with(|| {
-                    let shard = StationRegistry::new(self.shared.metrics.clone()).start();
+                    let shard = StationRegistry::new(self.shared.metrics.clone(), self.shared.presence.clone()).start();
                     self.shards().push(shard.clone());
                     shard
                 })
@@ -223,9 +248,12 @@ impl StationRegistry {
 
     fn unwatch(&mut self, session: SessionId, channel: Channel) {
         if let Some(watchers) = self.watchers.get_mut(&channel) {
-            watchers.remove(&session);
+            let watched = watchers.remove(&session).is_some();
             if watchers.is_empty() {
                 self.watchers.remove(&channel);
+            }
+            if watched {
+                self.tell_presence(session, channel, false);
             }
         }
     }
@@ -375,7 +403,7 @@ impl Handler<Connect> for StationRegistry {
                 Connection {
                     to: msg.to,
                     outlet: msg.outlet,
-                    user: msg.user,
+                    viewer: msg.viewer,
                     channels: Vec::new(),
                     hidden_before: Decided::default(),
                 },
@@ -388,8 +416,24 @@ impl Handler<Identify> for StationRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Identify, _: &mut Context<Self>) {
-        if let Some(connection) = self.connections.get_mut(&msg.session) {
-            connection.user = Some(msg.user);
+        let Some(connection) = self.connections.get_mut(&msg.session) else {
+            return;
+        };
+        if connection.viewer.as_ref() == Some(&msg.viewer) {
+            return;
+        }
+        connection.viewer = Some(msg.viewer);
+        // Presence shows the connection as who it is now (a renewal as the same user is no pair).
+        let stations: Vec<Channel> = connection
+            .channels
+            .iter()
+            .copied()
+            .filter(|c| matches!(c, Channel::Station(_)))
+            .collect();
+        for channel in stations {
+            if self.watchers.get(&channel).is_some_and(|w| w.contains_key(&msg.session)) {
+                self.tell_presence(msg.session, channel, true);
+            }
         }
     }
 }
@@ -429,8 +473,11 @@ impl Handler<Subscribe> for StationRegistry {
             outlet: connection.outlet.clone(),
             to: connection.to.clone(),
         };
-        watchers.insert(msg.session, watch);
+        let new = watchers.insert(msg.session, watch).is_none();
         self.subscribed += 1;
+        if new {
+            self.tell_presence(msg.session, msg.channel, true);
+        }
     }
 }
 
@@ -507,7 +554,7 @@ impl Handler<UserChanged> for StationRegistry {
     /// back within milliseconds.
     fn handle(&mut self, msg: UserChanged, _: &mut Context<Self>) {
         let now = Decided::now();
-        for (session, connection) in self.connections.iter_mut().filter(|(_, c)| c.user == Some(msg.user)) {
+        for (session, connection) in self.connections.iter_mut().filter(|(_, c)| c.viewer.as_ref().map(|v| v.user_id) == Some(msg.user)) {
             connection.hidden_before = now;
             for channel in &connection.channels {
                 if let Some(watch) = self.watchers.get_mut(channel).and_then(|w| w.get_mut(session)) {
@@ -544,7 +591,7 @@ impl Handler<RecheckAll> for StationRegistry {
     type Result = ();
 
     fn handle(&mut self, _: RecheckAll, _: &mut Context<Self>) {
-        for connection in self.connections.values().filter(|c| c.user.is_some()) {
+        for connection in self.connections.values().filter(|c| c.viewer.is_some()) {
             connection.to.do_send(ToSession::Recheck);
         }
     }
@@ -594,6 +641,27 @@ impl Handler<SystemSample> for StationRegistry {
                 connection.to.do_send(ToSession::Sample {
                     channel: Channel::System,
                     frame: frame.clone(),
+                });
+            }
+        }
+    }
+}
+
+impl Handler<StaffNotice> for StationRegistry {
+    type Result = ();
+
+    /// To the `/ws` sessions watching the station that may see its personal data (its staff):
+    /// like a sample, sent if the channel is live, never held or replayed (`presence` asks anew).
+    fn handle(&mut self, notice: StaffNotice, _: &mut Context<Self>) {
+        let channel = Channel::Station(notice.station);
+        let Some(watchers) = self.watchers.get(&channel) else {
+            return;
+        };
+        for watch in watchers.values() {
+            if watch.tagged && watch.personal.shown_for(notice.station) {
+                watch.to.do_send(ToSession::Sample {
+                    channel,
+                    frame: notice.frame.clone(),
                 });
             }
         }
@@ -658,11 +726,15 @@ mod tests {
     /// begun before a later change.
     #[actix::test]
     async fn the_later_decision_stands_whatever_arrives_last() {
-        let registry = StationRegistry::new(Arc::default()).start();
+        let registry = StationRegistry::new(Arc::default(), None).start();
         let recorder = watch(&registry, 7).await;
         registry.do_send(Identify {
             session: 7,
-            user: UserId(3),
+            viewer: Viewer {
+                user_id: UserId(3),
+                display_name: "Ann".into(),
+                role: crate::domain::values::Role::User,
+            },
         });
         let (earlier, later) = (Decided::now(), Decided::now());
         registry.do_send(subscribe(7, PersonalData::Hidden, later));
@@ -708,7 +780,7 @@ mod tests {
             session,
             to,
             outlet,
-            user: None,
+            viewer: None,
         });
         registry
             .send(Subscribe {
@@ -728,7 +800,7 @@ mod tests {
     /// and in order.
     #[actix::test]
     async fn sliced_and_merged_fan_out_keeps_order_and_newcomers() {
-        let registry = StationRegistry::new(Arc::default()).start();
+        let registry = StationRegistry::new(Arc::default(), None).start();
         let mut early = Vec::new();
         for session in 0..(FAN_OUT_SLICE as u64 * 2 + 10) {
             early.push(watch(&registry, session).await);

@@ -15,7 +15,7 @@ use crate::auth::extract::load_caller;
 use crate::auth::{policy, Caller, Identity};
 use crate::clock::now_ms;
 use crate::db;
-use crate::domain::ids::{StationId, UserId};
+use crate::domain::ids::StationId;
 use crate::domain::stations;
 use crate::domain::values::Role;
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ use crate::events::wire::{self, Frame};
 use crate::events::{log, Audience};
 use crate::protocol::ServerMessage;
 use crate::realtime::messages::{
-    Channel, Connect, Decided, Join, PersonalData, Reinstate, SessionId, SharedOutlet, Subscribe, ToSession,
+    Channel, Connect, Decided, Join, PersonalData, Reinstate, SessionId, SharedOutlet, Subscribe, ToSession, Viewer,
 };
 use crate::state::AppState;
 
@@ -45,15 +45,24 @@ pub fn register(
     session: SessionId,
     to: Recipient<ToSession>,
     outlet: SharedOutlet,
-    user: Option<UserId>,
+    actor: Option<&Caller>,
 ) -> i64 {
     state.hub.registry.local().do_send(Connect {
         session,
         to,
         outlet,
-        user,
+        viewer: actor.map(viewer),
     });
     state.hub.latest_event_id()
+}
+
+/// A signed-in caller as presence shows them.
+pub fn viewer(actor: &Caller) -> Viewer {
+    Viewer {
+        user_id: actor.id,
+        display_name: actor.display_name.clone(),
+        role: actor.role,
+    }
 }
 
 /// The channels a caller is subscribed to on sign-in: their notifications, and an operator's

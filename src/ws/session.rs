@@ -18,7 +18,7 @@ use super::frames::{self, Incoming};
 use super::inbound::{RateLimiter, Reassembly, Verdict};
 use super::outlet::{Need, Outlet};
 use super::socket::{self, Socket};
-use crate::auth::extract::authenticate;
+use crate::auth::extract::{authenticate, load_caller};
 use crate::auth::tokens::Credentials;
 use crate::auth::Identity;
 use crate::clock::{iso, now_ms};
@@ -348,6 +348,7 @@ impl WsSession {
                 self.on_subscribe(channel, last_event_id, ctx)
             }
             (ClientMessage::Unsubscribe { channel }, Kind::Multiplexed) => self.on_unsubscribe(channel, ctx),
+            (ClientMessage::Presence { channel }, Kind::Multiplexed) => self.on_presence(channel, ctx),
             (
                 ClientMessage::Request {
                     request_id,
@@ -360,6 +361,7 @@ impl WsSession {
             (ClientMessage::Authenticate { .. }, _) => self.unknown("authenticate", ctx),
             (ClientMessage::Subscribe { .. }, _) => self.unknown("subscribe", ctx),
             (ClientMessage::Unsubscribe { .. }, _) => self.unknown("unsubscribe", ctx),
+            (ClientMessage::Presence { .. }, _) => self.unknown("presence", ctx),
             (ClientMessage::Request { .. }, _) => self.unknown("request", ctx),
         }
     }
@@ -416,7 +418,7 @@ impl WsSession {
         // however it signed in.
         self.registry.do_send(Identify {
             session: self.id,
-            user: actor.id,
+            viewer: channels::viewer(&actor),
         });
         self.identity = Some(identity);
         self.watch_expiry(ctx);
@@ -523,6 +525,44 @@ impl WsSession {
         );
     }
 
+    /// Who watches a station's channel, as this caller may see it (the rule of `GET
+    /// /api/stations/{id}/presence`); it need not be subscribed.
+    fn on_presence(&mut self, channel: Option<Value>, ctx: &mut Ctx) {
+        let Some(channel) = self.channel_of(channel, ctx) else {
+            return;
+        };
+        let Channel::Station(station) = channel else {
+            let message = "Presence is kept for station channels".into();
+            return self.reply(ctx, ServerMessage::Error {
+                code: Some("unknown_channel"),
+                channel: Some(channel.name()),
+                message,
+            });
+        };
+        let state = self.state.clone();
+        let identity = self.identity.clone();
+        let work = async move {
+            let actor = match identity {
+                Some(identity) => Some(load_caller(&state, identity.credentials).await?),
+                None => None,
+            };
+            state.presence(actor.as_ref(), station).await
+        };
+        ctx.spawn(actix::fut::wrap_future(work).map(move |result, this: &mut Self, ctx| {
+            match result {
+                Ok(visible) => this.reply(
+                    ctx,
+                    ServerMessage::Presence {
+                        channel: channel.name(),
+                        viewers: visible.viewers,
+                        signed_in: visible.signed_in.as_deref(),
+                    },
+                ),
+                Err(error) => this.reply(ctx, channel_error(channel, &error)),
+            }
+        }));
+    }
+
     fn on_request(&mut self, request_id: Option<Value>, action: Option<Value>, data: Option<Value>, ctx: &mut Ctx) {
         let request_id = request_id.unwrap_or(Value::Null);
         let action = action.as_ref().and_then(Value::as_str).unwrap_or("").to_owned();
@@ -553,21 +593,7 @@ impl WsSession {
                 let (code, reason) = close_for(&error);
                 self.close(ctx, CloseCode::Other(code), &reason)
             }
-            Kind::Multiplexed => {
-                // On /ws a channel the caller may not watch is `forbidden`, signed in or not.
-                let code = match error {
-                    Error::Unauthenticated | Error::Forbidden(_) => "forbidden",
-                    ref other => other.code(),
-                };
-                self.reply(
-                    ctx,
-                    ServerMessage::Error {
-                        code: Some(code),
-                        channel: Some(channel.name()),
-                        message: error.public_message().into(),
-                    },
-                )
-            }
+            Kind::Multiplexed => self.reply(ctx, channel_error(channel, &error)),
         }
     }
 }
@@ -622,8 +648,8 @@ impl Actor for WsSession {
         // mailbox is first in, first out), so the greeting need not wait for it.
         let to = ctx.address().recipient();
         let outlet: SharedOutlet = self.out.clone();
-        let user = self.identity.as_ref().map(|i| i.actor.id);
-        let last_event_id = channels::register(&self.state, self.id, to, outlet, user);
+        let actor = self.identity.as_ref().map(|i| &i.actor);
+        let last_event_id = channels::register(&self.state, self.id, to, outlet, actor);
         let greeting = self.greeting.at(last_event_id).frame();
         let start = self.start;
         match (&self.kind, self.identity.clone()) {
@@ -722,7 +748,14 @@ impl Handler<ToSession> for WsSession {
             }
             // Answers about credentials the connection no longer holds are stale.
             ToSession::Identity { of, .. } | ToSession::Revoked { of, .. } if !self.holds(of) => {}
-            ToSession::Identity { of, actor } => self.identity = Some(Identity { actor, credentials: of }),
+            ToSession::Identity { of, actor } => {
+                // Presence names the user as they now are (an admin renamed them, changed a role).
+                self.registry.do_send(Identify {
+                    session: self.id,
+                    viewer: channels::viewer(&actor),
+                });
+                self.identity = Some(Identity { actor, credentials: of })
+            }
             ToSession::Revoked {
                 channel: None, error, ..
             } => {
@@ -795,6 +828,19 @@ impl StreamHandler<Result<WsFrame, ProtocolError>> for WsSession {
 }
 
 /// Seed 001's error: a message, no code.
+/// A channel's error on `/ws`: one the caller may not watch is `forbidden`, signed in or not.
+fn channel_error(channel: Channel, error: &Error) -> ServerMessage<'static> {
+    let code = match error {
+        Error::Unauthenticated | Error::Forbidden(_) => "forbidden",
+        other => other.code(),
+    };
+    ServerMessage::Error {
+        code: Some(code),
+        channel: Some(channel.name()),
+        message: error.public_message().into(),
+    }
+}
+
 fn seed_error(message: std::borrow::Cow<'static, str>) -> ServerMessage<'static> {
     ServerMessage::Error {
         code: None,
