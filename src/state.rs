@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use crate::auth::guard::LoginGuard;
+use crate::auth::tokens::TokenKeys;
 use crate::auth::{policy, Caller};
+use crate::config::Settings;
 use crate::domain::ids::StationId;
 use crate::domain::stations;
 use crate::realtime::presence::Visible;
-use crate::auth::tokens::TokenKeys;
-use crate::config::Settings;
 use tokio::sync::oneshot;
 
 use crate::db::writer::Writer;

@@ -64,6 +64,9 @@ pub enum ToSession {
     /// A message on a channel that is not an event (a `system_metrics` sample): sent if the
     /// channel is live, never held or replayed.
     Sample { channel: Channel, frame: Frame },
+    /// A channel's message that is not an event but must not be missed by a subscriber (a
+    /// presence notice to staff): sent when live, held while the channel catches up.
+    Notice { channel: Channel, frame: Frame },
     /// The connected user changed (role, activity): check every subscription again.
     Recheck,
     /// The user as a re-check found them, for the credentials it checked (ignored if the
@@ -347,6 +350,8 @@ pub enum Viewing {
 pub struct StaffNotice {
     pub station: StationId,
     pub frame: Frame,
+    /// This node's connection it tells of, which is not told of itself.
+    pub except: Option<SessionId>,
 }
 
 /// One connection's presence at a station, as nodes tell each other.

@@ -108,7 +108,10 @@ impl Rooms {
             if let Some(viewer) = &entry.viewer {
                 let key = (entry.station, viewer.user_id);
                 if !before.iter().any(|(k, _, _)| *k == key) {
-                    let present = rooms.0.get(&entry.station).is_some_and(|r| r.users.contains_key(&viewer.user_id));
+                    let present = rooms
+                        .0
+                        .get(&entry.station)
+                        .is_some_and(|r| r.users.contains_key(&viewer.user_id));
                     before.push((key, present, viewer.clone()));
                 }
             }
@@ -246,8 +249,9 @@ impl Presence {
         }
     }
 
-    /// Tells this node's staff sessions of each notice (every node does the same for its own).
-    fn tell(&self, notices: Vec<Notice>) {
+    /// Tells this node's staff sessions of each notice (every node does the same for its own),
+    /// but not `except`, the connection of this node whose change it tells of.
+    fn tell(&self, notices: Vec<Notice>, except: Option<SessionId>) {
         for notice in notices {
             let channel = Channel::Station(notice.station).name();
             let message = if notice.joined {
@@ -268,6 +272,7 @@ impl Presence {
             self.registries.broadcast(StaffNotice {
                 station: notice.station,
                 frame: message.tagged_frame(&channel),
+                except,
             });
         }
     }
@@ -315,7 +320,7 @@ impl Presence {
         if let Some(peer) = self.peers.remove(node) {
             let removed: Vec<PresenceEntry> = peer.entries.into_values().collect();
             let notices = self.rooms.apply(&[], &removed);
-            self.tell(notices);
+            self.tell(notices, None);
         }
     }
 
@@ -397,7 +402,7 @@ impl Presence {
             }
         };
         let notices = self.rooms.apply(&added, &removed);
-        self.tell(notices);
+        self.tell(notices, None);
     }
 }
 
@@ -440,7 +445,7 @@ impl Handler<Viewing> for Presence {
         }
         let added: Vec<PresenceEntry> = entry.iter().cloned().collect();
         let notices = self.rooms.apply(&added, &old.into_iter().collect::<Vec<_>>());
-        self.tell(notices);
+        self.tell(notices, Some(session));
         self.seq += 1;
         self.send(PresenceWire::Change {
             incarnation: self.incarnation,
@@ -519,11 +524,23 @@ mod tests {
         let anonymous = entry(1, 3, None);
         assert_eq!(kinds(&rooms.apply(&[tab1.clone()], &[])), [(true, 7, 1)]);
         assert!(rooms.apply(&[tab2.clone()], &[]).is_empty(), "a second tab is no join");
-        assert!(rooms.apply(&[anonymous.clone()], &[]).is_empty(), "anonymous: a count only");
+        assert!(
+            rooms.apply(&[anonymous.clone()], &[]).is_empty(),
+            "anonymous: a count only"
+        );
         assert_eq!(rooms.view(StationId(1)).viewers, 3);
-        assert!(rooms.apply(&[], &[tab1]).is_empty(), "one tab of two closed is no leave");
+        assert!(
+            rooms.apply(&[], &[tab1]).is_empty(),
+            "one tab of two closed is no leave"
+        );
         assert_eq!(kinds(&rooms.apply(&[], &[tab2])), [(false, 7, 1)]);
-        assert_eq!(rooms.view(StationId(1)), View { viewers: 1, signed_in: vec![] });
+        assert_eq!(
+            rooms.view(StationId(1)),
+            View {
+                viewers: 1,
+                signed_in: vec![]
+            }
+        );
         rooms.apply(&[], &[anonymous]);
         assert!(rooms.0.is_empty(), "an empty room is dropped");
     }

@@ -431,7 +431,11 @@ impl Handler<Identify> for StationRegistry {
             .filter(|c| matches!(c, Channel::Station(_)))
             .collect();
         for channel in stations {
-            if self.watchers.get(&channel).is_some_and(|w| w.contains_key(&msg.session)) {
+            if self
+                .watchers
+                .get(&channel)
+                .is_some_and(|w| w.contains_key(&msg.session))
+            {
                 self.tell_presence(msg.session, channel, true);
             }
         }
@@ -554,7 +558,11 @@ impl Handler<UserChanged> for StationRegistry {
     /// back within milliseconds.
     fn handle(&mut self, msg: UserChanged, _: &mut Context<Self>) {
         let now = Decided::now();
-        for (session, connection) in self.connections.iter_mut().filter(|(_, c)| c.viewer.as_ref().map(|v| v.user_id) == Some(msg.user)) {
+        for (session, connection) in self
+            .connections
+            .iter_mut()
+            .filter(|(_, c)| c.viewer.as_ref().map(|v| v.user_id) == Some(msg.user))
+        {
             connection.hidden_before = now;
             for channel in &connection.channels {
                 if let Some(watch) = self.watchers.get_mut(channel).and_then(|w| w.get_mut(session)) {
@@ -650,16 +658,17 @@ impl Handler<SystemSample> for StationRegistry {
 impl Handler<StaffNotice> for StationRegistry {
     type Result = ();
 
-    /// To the `/ws` sessions watching the station that may see its personal data (its staff):
-    /// like a sample, sent if the channel is live, never held or replayed (`presence` asks anew).
+    /// To the `/ws` sessions watching the station that may see its personal data (its staff),
+    /// but not to the connection whose arrival it tells of. Never replayed on resume (`presence`
+    /// tells the whole anew).
     fn handle(&mut self, notice: StaffNotice, _: &mut Context<Self>) {
         let channel = Channel::Station(notice.station);
         let Some(watchers) = self.watchers.get(&channel) else {
             return;
         };
-        for watch in watchers.values() {
-            if watch.tagged && watch.personal.shown_for(notice.station) {
-                watch.to.do_send(ToSession::Sample {
+        for (session, watch) in watchers {
+            if watch.tagged && watch.personal.shown_for(notice.station) && notice.except != Some(*session) {
+                watch.to.do_send(ToSession::Notice {
                     channel,
                     frame: notice.frame.clone(),
                 });
@@ -673,6 +682,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::domain::ids::UserId;
     use crate::events::wire::Rendered;
     use crate::realtime::sink::Sink;
 

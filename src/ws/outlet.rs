@@ -35,6 +35,9 @@ struct ChannelState {
     generation: u64,
     /// `Some` while catching up: the live events that arrived meanwhile.
     held: Option<Vec<(i64, Frame)>>,
+    /// Notices that are not events (`viewer_joined`) that arrived while catching up: they go out
+    /// after the held events, so a subscriber that has its snapshot misses none.
+    held_notices: Vec<Frame>,
     /// The newest event id sent on this channel.
     last_sent: i64,
     /// `Some(n)` once live events after `n` were let go because the reader was behind (the
@@ -114,6 +117,7 @@ impl Outlet {
         let state = ChannelState {
             generation: self.generations,
             held: Some(Vec::new()),
+            held_notices: Vec::new(),
             last_sent: i64::MIN,
             behind_from: None,
         };
@@ -253,6 +257,30 @@ impl Outlet {
         for (event_id, frame) in state.held.take().unwrap_or_default() {
             queue_event(&mut self.socket, state, event_id, &frame);
         }
+        for frame in std::mem::take(&mut state.held_notices) {
+            self.socket.push(frame.bytes().clone());
+        }
+        self.flush_unless_blocked();
+    }
+
+    /// A channel's message that is not an event and must not be missed once subscribed (a
+    /// presence notice): sent when live, held while catching up — at most [`HELD_NOTICES`],
+    /// the oldest let go past that (`presence` tells the whole anew).
+    pub fn notice(&mut self, channel: Channel, frame: &Frame) {
+        if self.closing {
+            return;
+        }
+        let Some(state) = state_of(&mut self.channels, channel) else {
+            return;
+        };
+        if state.held.is_some() {
+            if state.held_notices.len() >= HELD_NOTICES {
+                state.held_notices.remove(0);
+            }
+            state.held_notices.push(frame.clone());
+            return;
+        }
+        self.socket.push(frame.bytes().clone());
         self.flush_unless_blocked();
     }
 
@@ -399,6 +427,9 @@ fn state_of(channels: &mut [(Channel, ChannelState)], channel: Channel) -> Optio
 }
 
 /// Queues an event the channel has not sent yet; the caller flushes once for the lot.
+/// Notices held per channel while it catches up.
+const HELD_NOTICES: usize = 64;
+
 fn queue_event(socket: &mut Socket, state: &mut ChannelState, event_id: i64, frame: &Frame) {
     if event_id > state.last_sent {
         state.last_sent = event_id;

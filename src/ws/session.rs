@@ -533,11 +533,14 @@ impl WsSession {
         };
         let Channel::Station(station) = channel else {
             let message = "Presence is kept for station channels".into();
-            return self.reply(ctx, ServerMessage::Error {
-                code: Some("unknown_channel"),
-                channel: Some(channel.name()),
-                message,
-            });
+            return self.reply(
+                ctx,
+                ServerMessage::Error {
+                    code: Some("unknown_channel"),
+                    channel: Some(channel.name()),
+                    message,
+                },
+            );
         };
         let state = self.state.clone();
         let identity = self.identity.clone();
@@ -548,8 +551,8 @@ impl WsSession {
             };
             state.presence(actor.as_ref(), station).await
         };
-        ctx.spawn(actix::fut::wrap_future(work).map(move |result, this: &mut Self, ctx| {
-            match result {
+        ctx.spawn(
+            actix::fut::wrap_future(work).map(move |result, this: &mut Self, ctx| match result {
                 Ok(visible) => this.reply(
                     ctx,
                     ServerMessage::Presence {
@@ -559,8 +562,8 @@ impl WsSession {
                     },
                 ),
                 Err(error) => this.reply(ctx, channel_error(channel, &error)),
-            }
-        }));
+            }),
+        );
     }
 
     fn on_request(&mut self, request_id: Option<Value>, action: Option<Value>, data: Option<Value>, ctx: &mut Ctx) {
@@ -784,6 +787,10 @@ impl Handler<ToSession> for WsSession {
                 if self.out().is_live(channel) {
                     self.send(frame.bytes().clone(), ctx);
                 }
+            }
+            ToSession::Notice { channel, frame } => {
+                self.out().notice(channel, &frame);
+                self.attend(ctx);
             }
             ToSession::Overflowed => self.overflowed(ctx),
             ToSession::Attend => self.attend(ctx),

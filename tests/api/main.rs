@@ -24,6 +24,7 @@ mod logs;
 mod metrics;
 mod network;
 mod notifications;
+mod presence;
 mod protocol_docs;
 mod resume;
 mod telemetry;

@@ -925,6 +925,40 @@ async fn a_live_swap_speaks_exactly_the_documented_protocols() {
     )
     .await;
     assert_eq!(announced["type"], "response", "{announced}");
+    // Presence: the admin watching the station is told when the driver comes and goes; both
+    // ask who is there, and only the admin is told who.
+    let channel = format!("station:{s}");
+    mux_admin
+        .send(&docs, json!({"type": "subscribe", "channel": channel}))
+        .await;
+    mux_admin
+        .until(&docs, &mut matched, |m| {
+            m["action"] == "snapshot" && m["channel"] == channel.as_str()
+        })
+        .await;
+    mux_driver
+        .send(&docs, json!({"type": "subscribe", "channel": channel}))
+        .await;
+    let joined = mux_admin.until(&docs, &mut matched, typed("viewer_joined")).await;
+    assert_eq!(joined["user_id"], driver.id, "{joined}");
+    mux_driver
+        .send(&docs, json!({"type": "presence", "channel": channel}))
+        .await;
+    let counted = mux_driver.until(&docs, &mut matched, typed("presence")).await;
+    assert!(
+        counted.get("signed_in").is_none(),
+        "a driver sees the count only: {counted}"
+    );
+    mux_admin
+        .send(&docs, json!({"type": "presence", "channel": channel}))
+        .await;
+    let listed = mux_admin.until(&docs, &mut matched, typed("presence")).await;
+    assert!(listed["signed_in"].as_array().is_some_and(|l| l.len() == 2), "{listed}");
+    mux_driver
+        .send(&docs, json!({"type": "unsubscribe", "channel": channel}))
+        .await;
+    let left = mux_admin.until(&docs, &mut matched, typed("viewer_left")).await;
+    assert_eq!(left["user_id"], driver.id, "{left}");
     api.call(
         "post",
         "/api/notifications",
@@ -1007,6 +1041,7 @@ async fn a_live_swap_speaks_exactly_the_documented_protocols() {
     for (template, ids, token) in [
         ("/api/stations", vec![], None),
         ("/api/stations/{id}", vec![s.as_str()], None),
+        ("/api/stations/{id}/presence", vec![s.as_str()], Some(admin.as_str())),
         ("/api/bookings", vec![], Some(driver.token.as_str())),
         ("/api/notifications", vec![], Some(driver.token.as_str())),
         ("/api/users", vec![], Some(admin.as_str())),
