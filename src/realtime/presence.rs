@@ -324,7 +324,7 @@ impl Presence {
         }
     }
 
-    fn from_peer(&mut self, node: String, wire: PresenceWire) {
+    fn heard(&mut self, node: String, wire: PresenceWire) {
         let incarnation = match &wire {
             PresenceWire::Change { incarnation, .. } | PresenceWire::State { incarnation, .. } => *incarnation,
         };
@@ -461,7 +461,7 @@ impl Handler<FromPeer> for Presence {
     type Result = ();
 
     fn handle(&mut self, msg: FromPeer, _: &mut Context<Self>) {
-        self.from_peer(msg.node, msg.wire);
+        self.heard(msg.node, msg.wire);
     }
 }
 
@@ -522,10 +522,13 @@ mod tests {
         let tab1 = entry(1, 1, viewer(7, "Ann"));
         let tab2 = entry(1, 2, viewer(7, "Ann"));
         let anonymous = entry(1, 3, None);
-        assert_eq!(kinds(&rooms.apply(&[tab1.clone()], &[])), [(true, 7, 1)]);
-        assert!(rooms.apply(&[tab2.clone()], &[]).is_empty(), "a second tab is no join");
+        assert_eq!(kinds(&rooms.apply(std::slice::from_ref(&tab1), &[])), [(true, 7, 1)]);
         assert!(
-            rooms.apply(&[anonymous.clone()], &[]).is_empty(),
+            rooms.apply(std::slice::from_ref(&tab2), &[]).is_empty(),
+            "a second tab is no join"
+        );
+        assert!(
+            rooms.apply(std::slice::from_ref(&anonymous), &[]).is_empty(),
             "anonymous: a count only"
         );
         assert_eq!(rooms.view(StationId(1)).viewers, 3);
@@ -549,9 +552,9 @@ mod tests {
     fn a_renewal_as_the_same_user_is_no_pair_and_another_user_is() {
         let mut rooms = Rooms::default();
         let before = entry(1, 1, viewer(7, "Ann"));
-        rooms.apply(&[before.clone()], &[]);
+        rooms.apply(std::slice::from_ref(&before), &[]);
         let renamed = entry(1, 1, viewer(7, "Ann B."));
-        assert!(rooms.apply(&[renamed.clone()], &[before]).is_empty());
+        assert!(rooms.apply(std::slice::from_ref(&renamed), &[before]).is_empty());
         assert_eq!(rooms.view(StationId(1)).signed_in[0].display_name, "Ann B.");
         let other = entry(1, 1, viewer(8, "Bo"));
         assert_eq!(kinds(&rooms.apply(&[other], &[renamed])), [(true, 8, 1), (false, 7, 1)]);
@@ -582,17 +585,17 @@ mod tests {
         let registries = Registries::start(Default::default(), "test".into(), None);
         let mut presence = Presence::new(registries);
         let (a, b) = (entry(1, 1, viewer(7, "Ann")), entry(1, 2, viewer(8, "Bo")));
-        presence.from_peer("n2".into(), change(5, 1, &a, true));
+        presence.heard("n2".into(), change(5, 1, &a, true));
         assert_eq!(users(&presence.rooms.view(StationId(1))), HashSet::from([7]));
         // Change 2 was lost: 3 is not applied until the whole presence says so.
-        presence.from_peer("n2".into(), change(5, 3, &b, true));
+        presence.heard("n2".into(), change(5, 3, &b, true));
         assert_eq!(presence.rooms.view(StationId(1)).viewers, 1);
-        presence.from_peer("n2".into(), state(5, 3, vec![a.clone(), b.clone()]));
+        presence.heard("n2".into(), state(5, 3, vec![a.clone(), b.clone()]));
         assert_eq!(users(&presence.rooms.view(StationId(1))), HashSet::from([7, 8]));
-        presence.from_peer("n2".into(), change(5, 4, &a, false));
+        presence.heard("n2".into(), change(5, 4, &a, false));
         assert_eq!(users(&presence.rooms.view(StationId(1))), HashSet::from([8]));
         // The node restarts: its earlier life's viewers are gone at its first word.
-        presence.from_peer("n2".into(), state(6, 0, vec![]));
+        presence.heard("n2".into(), state(6, 0, vec![]));
         assert_eq!(presence.rooms.view(StationId(1)), View::default());
     }
 
@@ -607,12 +610,12 @@ mod tests {
             parts: 2,
             entries,
         };
-        presence.from_peer("n2".into(), part(0, vec![entry(1, 1, None)]));
+        presence.heard("n2".into(), part(0, vec![entry(1, 1, None)]));
         assert_eq!(presence.rooms.view(StationId(1)).viewers, 0, "half a presence");
-        presence.from_peer("n2".into(), part(1, vec![entry(1, 2, None)]));
+        presence.heard("n2".into(), part(1, vec![entry(1, 2, None)]));
         assert_eq!(presence.rooms.view(StationId(1)).viewers, 2);
         // A part lost: the whole is not taken.
-        presence.from_peer("n2".into(), part(1, vec![]));
+        presence.heard("n2".into(), part(1, vec![]));
         assert_eq!(presence.rooms.view(StationId(1)).viewers, 2);
     }
 
@@ -620,7 +623,7 @@ mod tests {
     async fn a_silent_node_is_gone_after_the_ttl() {
         let registries = Registries::start(Default::default(), "test".into(), None);
         let mut presence = Presence::new(registries);
-        presence.from_peer("n2".into(), state(1, 0, vec![entry(1, 1, viewer(7, "Ann"))]));
+        presence.heard("n2".into(), state(1, 0, vec![entry(1, 1, viewer(7, "Ann"))]));
         presence.expire();
         assert_eq!(presence.rooms.view(StationId(1)).viewers, 1, "heard just now");
         presence.peers.get_mut("n2").unwrap().seen = Instant::now() - TTL - Duration::from_millis(1);

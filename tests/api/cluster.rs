@@ -571,3 +571,86 @@ async fn deactivate(admin: &ChildAdmin, email: &str) {
         .unwrap();
     assert_eq!(disabled.status(), 200);
 }
+
+async fn subscribed_to(client: &mut Client, station: i64) {
+    let channel = format!("station:{station}");
+    client
+        .send_text(&json!({"type": "subscribe", "channel": channel}).to_string())
+        .await;
+    client
+        .until(|m| m["action"] == "snapshot" && m["channel"] == channel.as_str())
+        .await;
+}
+
+async fn opened(server: &ChildServer, path: &str) -> Client {
+    let mut client = watch(server, path).await;
+    client.until(|m| m["action"] == "snapshot").await;
+    client
+}
+
+fn signed_in_names(presence: &Value) -> Vec<String> {
+    let mut names: Vec<String> = presence["signed_in"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v["display_name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Presence across nodes (CONTRACT §4.5): a viewer on one node is counted and told to staff on
+/// the other, a user on both nodes is one signed-in viewer, a killed node's viewers are gone
+/// within 10 s without a false leave for a user still watching elsewhere, and a node that starts
+/// again learns who watches on the others.
+#[actix_web::test]
+async fn presence_is_shared_and_a_killed_node_leaves_no_ghost() {
+    let Some((db, nats)) = cluster_db() else { return };
+    let a = node(&db, &nats, "presence-a");
+    let b = node(&db, &nats, "presence-b");
+    let admin = ChildAdmin::sign_in(&a, ADMIN).await;
+    let station = admin.station("Watched").await;
+    let presence = format!("/api/stations/{station}/presence");
+    let mut staff = watch(&a, &format!("/ws?token={}", admin.token)).await;
+    subscribed_to(&mut staff, station).await;
+
+    let (_, token) = driver(&b, 0).await;
+    let _on_b = opened(&b, &format!("/ws/stations/{station}/?token={token}")).await;
+    let joined = staff.until(|m| m["type"] == "viewer_joined").await;
+    assert_eq!(
+        (&joined["display_name"], &joined["viewers"]),
+        (&json!("Driver 0"), &json!(2)),
+        "{joined}"
+    );
+    // The same driver on node A too, and someone anonymous on B.
+    let on_a = opened(&a, &format!("/ws/stations/{station}/?token={token}")).await;
+    let _anonymous_b = opened(&b, &format!("/ws/stations/{station}/")).await;
+    let seen = wait_for(&admin, &presence, |p| p["viewers"] == 4).await;
+    assert_eq!(seen["viewers"], 4, "{seen}");
+    assert_eq!(signed_in_names(&seen).len(), 2, "the driver once for two nodes: {seen}");
+
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &b.child.id().to_string()])
+        .status();
+    let killed = Instant::now();
+    let after = wait_for(&admin, &presence, |p| p["viewers"] == 2).await;
+    let took = killed.elapsed();
+    assert_eq!(after["viewers"], 2, "node B's viewers are gone: {after}");
+    assert!(took < Duration::from_secs(10), "gone after {took:?}");
+    // The driver still watches on A: no leave until that connection closes too.
+    drop(on_a);
+    let left = staff.until(|m| m["type"] == "viewer_left").await;
+    assert_eq!(
+        (&left["display_name"], &left["viewers"]),
+        (&json!("Driver 0"), &json!(1)),
+        "one leave, when the driver's last connection closed: {left}"
+    );
+
+    // Node B starts again and learns who watches on A; nothing of its earlier life is left.
+    let b = node(&db, &nats, "presence-b");
+    let admin_b = ChildAdmin::sign_in(&b, ADMIN).await;
+    let on_restarted = wait_for(&admin_b, &presence, |p| p["viewers"] == 1).await;
+    assert_eq!(on_restarted["viewers"], 1, "{on_restarted}");
+    let from_a = wait_for(&admin, &presence, |p| p["viewers"] == 1).await;
+    assert_eq!(signed_in_names(&from_a), signed_in_names(&on_restarted));
+}
