@@ -179,9 +179,21 @@ async fn the_dashboard_shows_stations_and_changes_without_a_reload() {
     let downtown = app.station("Downtown", None).await;
     app.battery(downtown, "D-1").await;
     let uptown = app.station("Uptown", None).await;
+    // A driver watches Uptown: the page counts them, and names them once an admin signs in.
+    let watcher = app.user("user").await;
+    let (mut watching, _) =
+        crate::wsclient::Client::open(&app, &format!("/ws/stations/{uptown}/"), Some(&watcher.token)).await;
+    watching.until(|m| m["action"] == "snapshot").await;
 
     browser.open(&app.url("/")).await;
     assert_eq!(browser.until(CONNECTION, json!([]), &json!("live")).await, "live");
+    let viewers =
+        r#"return document.querySelector(`[data-station-id="${arguments[0]}"] [data-field="viewers"]`).textContent;"#;
+    assert_eq!(
+        browser.until(viewers, json!([uptown]), &json!("1 watching")).await,
+        "1 watching",
+        "anonymous: the count alone"
+    );
     let shown = browser
         .until(CARD, json!([downtown]), &card("Downtown", "online", 1, 0, 1))
         .await;
@@ -242,6 +254,13 @@ async fn the_dashboard_shows_stations_and_changes_without_a_reload() {
         .await;
     let manageable = format!(r#"return document.querySelector('[data-station-id="{uptown}"]').dataset.manageable;"#);
     assert_eq!(browser.until(&manageable, json!([]), &json!("true")).await, "true");
+    assert_eq!(
+        browser
+            .until(viewers, json!([uptown]), &json!("1 watching: Driver"))
+            .await,
+        "1 watching: Driver",
+        "staff see who"
+    );
     browser
         .eval(
             r#"const form = document.querySelector(`[data-station-id="${arguments[0]}"] [data-action="add-battery"]`);
