@@ -103,17 +103,18 @@ impl Rooms {
     /// Adds, then removes (so an entry replaced by one of the same user never lets the user's
     /// count touch zero), and says whose presence began or ended.
     fn apply(&mut self, added: &[PresenceEntry], removed: &[PresenceEntry]) -> Vec<Notice> {
-        let mut before: Vec<((StationId, UserId), bool, Viewer)> = Vec::new();
+        // Whether each user touched was present before, and as whom (a node's whole presence
+        // can touch thousands at once: a map, not a list).
+        let mut before: HashMap<(StationId, UserId), (bool, Viewer)> = HashMap::new();
         let mut note = |rooms: &Self, entry: &PresenceEntry| {
             if let Some(viewer) = &entry.viewer {
-                let key = (entry.station, viewer.user_id);
-                if !before.iter().any(|(k, _, _)| *k == key) {
+                before.entry((entry.station, viewer.user_id)).or_insert_with(|| {
                     let present = rooms
                         .0
                         .get(&entry.station)
                         .is_some_and(|r| r.users.contains_key(&viewer.user_id));
-                    before.push((key, present, viewer.clone()));
-                }
+                    (present, viewer.clone())
+                });
             }
         };
         for entry in added {
@@ -148,9 +149,9 @@ impl Rooms {
                 self.0.remove(&entry.station);
             }
         }
-        before
+        let mut notices: Vec<Notice> = before
             .into_iter()
-            .filter_map(|((station, user), was, viewer)| {
+            .filter_map(|((station, user), (was, viewer))| {
                 let room = self.0.get(&station);
                 let now = room.and_then(|r| r.users.get(&user));
                 let viewers = room.map_or(0, |r| r.viewers);
@@ -170,7 +171,10 @@ impl Rooms {
                     _ => None,
                 }
             })
-            .collect()
+            .collect();
+        // Joins before leaves, each in a stable order (the map's is not).
+        notices.sort_by_key(|n| (n.station, !n.joined, n.viewer.user_id));
+        notices
     }
 
     fn view(&self, station: StationId) -> View {
