@@ -15,7 +15,7 @@
 //!   `domain::transition`, the one conditional update every state change goes through
 //! - [`events`]   the event vocabulary (seed 001's messages) and the event log
 //! - [`realtime`] the actors that route committed events to sessions: publisher, a registry per
-//!   worker thread, notifiers
+//!   worker thread, notifiers, presence (who watches each station, shared between nodes)
 //! - [`ws`]       the WebSocket endpoints, the hand-over of the connection at the upgrade, the
 //!   session actor and its outlet
 //! - [`http`]     REST routes, input parsing at the edge, idempotency, health, the protocol documents
