@@ -187,8 +187,8 @@ async fn the_dashboard_shows_stations_and_changes_without_a_reload() {
 
     browser.open(&app.url("/")).await;
     assert_eq!(browser.until(CONNECTION, json!([]), &json!("live")).await, "live");
-    let viewers =
-        r#"return document.querySelector(`[data-station-id="${arguments[0]}"] [data-field="viewers"]`).textContent;"#;
+    let viewers = r#"const cell = document.querySelector(`[data-station-id="${arguments[0]}"] [data-field="viewers"]`);
+           return cell ? cell.textContent : null;"#;
     assert_eq!(
         browser.until(viewers, json!([uptown]), &json!("1 watching")).await,
         "1 watching",
