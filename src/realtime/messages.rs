@@ -192,6 +192,10 @@ pub struct Subscribe {
     /// side; the registry keeps the later decision whichever message arrives last, so a join that
     /// read the station before an operator was taken off it cannot undo the re-check made after.
     pub decided: Decided,
+    /// A re-check's decision: it replaces the watch, and makes none if the channel was left
+    /// while the re-check ran (else an unsubscribed channel would come back, and with it a
+    /// viewer who left).
+    pub again: bool,
 }
 
 /// The order in which personal-data decisions were begun in this process.

@@ -457,6 +457,13 @@ impl Handler<Subscribe> for StationRegistry {
         let Some(connection) = self.connections.get_mut(&msg.session) else {
             return;
         };
+        let watched = self
+            .watchers
+            .get(&msg.channel)
+            .is_some_and(|w| w.contains_key(&msg.session));
+        if msg.again && !watched {
+            return;
+        }
         if !connection.channels.contains(&msg.channel) {
             connection.channels.push(msg.channel);
         }
@@ -727,6 +734,7 @@ mod tests {
             personal,
             tagged: false,
             decided,
+            again: false,
         }
     }
 
@@ -799,6 +807,7 @@ mod tests {
                 personal: PersonalData::Hidden,
                 tagged: false,
                 decided: Decided::now(),
+                again: false,
             })
             .await
             .unwrap();

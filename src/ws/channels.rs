@@ -237,6 +237,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
                     personal: personal.clone(),
                     tagged,
                     decided,
+                    again: false,
                 };
                 state.hub.registry.local().send(subscribe).await
             }
@@ -544,6 +545,7 @@ pub async fn recheck(
                     personal,
                     tagged,
                     decided,
+                    again: true,
                 };
                 if state.hub.registry.local().send(again).await.is_err() {
                     return;

@@ -384,7 +384,7 @@ impl WsSession {
         let check = async move { authenticate(&state, &token).await };
         ctx.spawn(
             actix::fut::wrap_future(check).map(|result, this: &mut Self, ctx| match result {
-                Ok((actor, credentials)) => this.sign_in(Identity { actor, credentials }, Start::Fresh, ctx),
+                Ok((actor, credentials)) => this.sign_in(Identity { actor, credentials }, Start::Fresh, false, ctx),
                 Err(e) => this.reply(
                     ctx,
                     ServerMessage::AuthError {
@@ -396,15 +396,16 @@ impl WsSession {
         );
     }
 
-    /// Takes an identity (at connect or in band). A renewal for the same user keeps every
-    /// subscription; a different user starts over. Either way the automatic subscriptions
-    /// (notifications; an operator's stations) are made and listed.
-    fn sign_in(&mut self, identity: Identity, start: Start, ctx: &mut Ctx) {
+    /// Takes an identity (at connect or in band). A renewal for the same user keeps the
+    /// subscriptions as they are (re-checked); a different user starts over with the automatic
+    /// subscriptions (notifications; an operator's stations). Either way they are listed.
+    fn sign_in(&mut self, identity: Identity, start: Start, at_connect: bool, ctx: &mut Ctx) {
         let actor = identity.actor.clone();
         let same_user = self
             .identity
             .as_ref()
             .is_some_and(|current| current.actor.id == actor.id);
+        let renewal = same_user && !at_connect;
         if same_user {
             // A renewal keeps the subscriptions, but checks them again as the account is now.
             ctx.notify(ToSession::Recheck);
@@ -424,7 +425,14 @@ impl WsSession {
         self.watch_expiry(ctx);
         let state = self.state.clone();
         let who = actor.clone();
-        let automatic = async move { channels::automatic(&state, &who).await };
+        // A renewal keeps the subscriptions as the client left them: a channel it unsubscribed
+        // from is not made again (nor the viewer it was, for presence).
+        let automatic = async move {
+            if renewal {
+                return Ok(Vec::new());
+            }
+            channels::automatic(&state, &who).await
+        };
         ctx.spawn(
             actix::fut::wrap_future(automatic).map(move |result, this: &mut Self, ctx| {
                 let automatic = result.unwrap_or_else(|e| {
@@ -665,7 +673,7 @@ impl Actor for WsSession {
             (Kind::Multiplexed, identity) => {
                 self.send(greeting.bytes().clone(), ctx);
                 if let Some(identity) = identity {
-                    self.sign_in(identity, start, ctx);
+                    self.sign_in(identity, start, true, ctx);
                 }
             }
             (Kind::Refused { .. }, _) => {}

@@ -272,3 +272,53 @@ async fn the_ws_presence_message_answers_like_rest_and_refuses_bad_input() {
     let unknown = seed.until(|m| m["type"] == "error").await;
     assert!(unknown["message"].as_str().unwrap().contains("presence"), "{unknown}");
 }
+
+/// A renewal re-checks every subscription while the client may be leaving one: the re-check must
+/// not bring back a channel left meanwhile (and with it a viewer who left). An operator's
+/// re-check subscribes again (their stations may have changed), so the viewer is an operator,
+/// subscribed to their station on sign-in.
+#[actix_web::test]
+async fn a_channel_left_while_a_renewal_rechecks_stays_left() {
+    let app = spawn_app().await;
+    let operator = app.user("operator").await;
+    let station = app.station("Watched", Some(&operator)).await;
+    let channel = format!("station:{station}");
+    for _ in 0..20 {
+        // The last round's connection is gone first.
+        let mut waited = 0;
+        while presence(&app, station, None).await["viewers"] != 0 {
+            waited += 1;
+            assert!(waited < 500, "the last round's viewer never left");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (mut viewer, _) = Client::open(&app, "/ws", Some(&operator.token)).await;
+        viewer
+            .until(|m| m["action"] == "snapshot" && m["channel"] == channel.as_str())
+            .await;
+        let fresh = app.login(&operator.email, crate::helpers::PASSWORD).await;
+        viewer
+            .send_text(&json!({"type": "authenticate", "token": fresh.token}).to_string())
+            .await;
+        viewer
+            .send_text(&json!({"type": "unsubscribe", "channel": channel}).to_string())
+            .await;
+        let mut answered = (false, false);
+        while answered != (true, true) {
+            let m = viewer
+                .until(|m| m["type"] == "unsubscribed" || m["type"] == "authenticated")
+                .await;
+            if m["type"] == "unsubscribed" {
+                answered.0 = true;
+            } else {
+                answered.1 = true;
+            }
+        }
+        // Another renewal round trip: the first one's re-check has had its turn.
+        viewer
+            .send_text(&json!({"type": "authenticate", "token": fresh.token}).to_string())
+            .await;
+        viewer.until(|m| m["type"] == "authenticated").await;
+        let seen = presence(&app, station, None).await;
+        assert_eq!(seen["viewers"], 0, "a channel left came back: {seen}");
+    }
+}
