@@ -192,10 +192,21 @@ pub struct Subscribe {
     /// side; the registry keeps the later decision whichever message arrives last, so a join that
     /// read the station before an operator was taken off it cannot undo the re-check made after.
     pub decided: Decided,
+    /// What asks for the watch.
+    pub by: SubscribedBy,
+}
+
+/// Who subscribes: the session's own join, or a re-check after a change to the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribedBy {
+    /// A join, with the outlet generation it started as. A join runs outside the session, so its
+    /// `Subscribe` can arrive after the `Unsubscribe` sent when the client left the channel at
+    /// once: a generation the leave already covers makes no watch (else a ghost viewer stays).
+    Join(u64),
     /// A re-check's decision: it replaces the watch, and makes none if the channel was left
     /// while the re-check ran (else an unsubscribed channel would come back, and with it a
     /// viewer who left).
-    pub again: bool,
+    Recheck,
 }
 
 /// The order in which personal-data decisions were begun in this process.
@@ -216,6 +227,9 @@ impl Decided {
 pub struct Unsubscribe {
     pub session: SessionId,
     pub channel: Channel,
+    /// The newest generation the session's outlet had handed out when it left: every join of the
+    /// channel begun before the leave has one at most this.
+    pub joined_up_to: u64,
 }
 
 /// A user's connection joins that user's notifier.

@@ -29,6 +29,8 @@ struct Connection {
     /// Decisions begun before the last change to the user show no personal data: the re-check
     /// that change started decides again.
     hidden_before: Decided,
+    /// Per channel left, the generations the leave covers (see [`SubscribedBy::Join`]).
+    left: Vec<(Channel, u64)>,
 }
 
 /// One subscription, with what delivering to it takes (so an event needs no lookup of the
@@ -406,6 +408,7 @@ impl Handler<Connect> for StationRegistry {
                     viewer: msg.viewer,
                     channels: Vec::new(),
                     hidden_before: Decided::default(),
+                    left: Vec::new(),
                 },
             );
         }
@@ -461,7 +464,14 @@ impl Handler<Subscribe> for StationRegistry {
             .watchers
             .get(&msg.channel)
             .is_some_and(|w| w.contains_key(&msg.session));
-        if msg.again && !watched {
+        let stale = match msg.by {
+            SubscribedBy::Recheck => !watched,
+            SubscribedBy::Join(generation) => connection
+                .left
+                .iter()
+                .any(|(channel, up_to)| *channel == msg.channel && generation <= *up_to),
+        };
+        if stale {
             return;
         }
         if !connection.channels.contains(&msg.channel) {
@@ -498,6 +508,8 @@ impl Handler<Unsubscribe> for StationRegistry {
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
         if let Some(connection) = self.connections.get_mut(&msg.session) {
             connection.channels.retain(|c| *c != msg.channel);
+            connection.left.retain(|(c, _)| *c != msg.channel);
+            connection.left.push((msg.channel, msg.joined_up_to));
         }
         self.unwatch(msg.session, msg.channel);
     }
@@ -734,7 +746,7 @@ mod tests {
             personal,
             tagged: false,
             decided,
-            again: false,
+            by: SubscribedBy::Join(1),
         }
     }
 
@@ -807,11 +819,42 @@ mod tests {
                 personal: PersonalData::Hidden,
                 tagged: false,
                 decided: Decided::now(),
-                again: false,
+                by: SubscribedBy::Join(1),
             })
             .await
             .unwrap();
         recorder
+    }
+
+    /// A join runs outside the session, so its `Subscribe` can come after the `Unsubscribe` of a
+    /// client that left at once: that join makes no watch (no ghost viewer), a later one does.
+    #[actix::test]
+    async fn a_join_overtaken_by_its_leave_makes_no_watch() {
+        let registry = StationRegistry::new(Arc::default(), None).start();
+        let recorder = Arc::new(Mutex::new(Recorder::default()));
+        let outlet: SharedOutlet = recorder.clone();
+        registry.do_send(Connect {
+            session: 7,
+            to: Sink.start().recipient(),
+            outlet,
+            viewer: None,
+        });
+        let channel = Channel::Station(StationId(1));
+        let join = |generation| Subscribe {
+            by: SubscribedBy::Join(generation),
+            ..subscribe(7, PersonalData::Hidden, Decided::now())
+        };
+        registry.do_send(Unsubscribe {
+            session: 7,
+            channel,
+            joined_up_to: 1,
+        });
+        registry.do_send(join(1));
+        registry.do_send(publication(1));
+        registry.do_send(join(2));
+        registry.do_send(publication(2));
+        last_shows_user(&recorder, 1).await;
+        assert_eq!(recorder.lock().unwrap().0, vec![2], "the overtaken join made a watch");
     }
 
     /// More watchers than one slice, publications arriving while a fan-out is under way, and a

@@ -23,7 +23,8 @@ use crate::events::wire::{self, Frame};
 use crate::events::{log, Audience};
 use crate::protocol::ServerMessage;
 use crate::realtime::messages::{
-    Channel, Connect, Decided, Join, PersonalData, Reinstate, SessionId, SharedOutlet, Subscribe, ToSession, Viewer,
+    Channel, Connect, Decided, Join, PersonalData, Reinstate, SessionId, SharedOutlet, Subscribe, SubscribedBy,
+    ToSession, Viewer,
 };
 use crate::state::AppState;
 
@@ -237,7 +238,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
                     personal: personal.clone(),
                     tagged,
                     decided,
-                    again: false,
+                    by: SubscribedBy::Join(generation),
                 };
                 state.hub.registry.local().send(subscribe).await
             }
@@ -545,7 +546,7 @@ pub async fn recheck(
                     personal,
                     tagged,
                     decided,
-                    again: true,
+                    by: SubscribedBy::Recheck,
                 };
                 if state.hub.registry.local().send(again).await.is_err() {
                     return;

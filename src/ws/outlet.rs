@@ -132,6 +132,11 @@ impl Outlet {
             .any(|(c, state)| *c == channel && state.generation == generation)
     }
 
+    /// The newest generation handed out: every subscription begun so far has one at most this.
+    pub fn generations(&self) -> u64 {
+        self.generations
+    }
+
     pub fn leave(&mut self, channel: Channel) -> bool {
         let before = self.channels.len();
         self.channels.retain(|(c, _)| *c != channel);

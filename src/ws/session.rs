@@ -290,9 +290,13 @@ impl WsSession {
     /// forgets the watch. Both forgettings are idempotent, so a channel refused before it was
     /// registered leaves the same way.
     fn leave(&mut self, channel: Channel) {
-        if !self.out().leave(channel) {
-            return;
-        }
+        let joined_up_to = {
+            let mut out = self.out();
+            if !out.leave(channel) {
+                return;
+            }
+            out.generations()
+        };
         match (channel, &self.identity) {
             (Channel::Notifications, Some(identity)) => self.state.hub.directory.do_send(Leave {
                 user: identity.actor.id,
@@ -301,6 +305,7 @@ impl WsSession {
             _ => self.registry.do_send(Unsubscribe {
                 session: self.id,
                 channel,
+                joined_up_to,
             }),
         }
     }

@@ -572,16 +572,6 @@ async fn deactivate(admin: &ChildAdmin, email: &str) {
     assert_eq!(disabled.status(), 200);
 }
 
-async fn subscribed_to(client: &mut Client, station: i64) {
-    let channel = format!("station:{station}");
-    client
-        .send_text(&json!({"type": "subscribe", "channel": channel}).to_string())
-        .await;
-    client
-        .until(|m| m["action"] == "snapshot" && m["channel"] == channel.as_str())
-        .await;
-}
-
 async fn opened(server: &ChildServer, path: &str) -> Client {
     let mut client = watch(server, path).await;
     client.until(|m| m["action"] == "snapshot").await;
@@ -612,7 +602,7 @@ async fn presence_is_shared_and_a_killed_node_leaves_no_ghost() {
     let station = admin.station("Watched").await;
     let presence = format!("/api/stations/{station}/presence");
     let mut staff = watch(&a, &format!("/ws?token={}", admin.token)).await;
-    subscribed_to(&mut staff, station).await;
+    staff.subscribe_station(station).await;
 
     let (_, token) = driver(&b, 0).await;
     let _on_b = opened(&b, &format!("/ws/stations/{station}/?token={token}")).await;

@@ -25,18 +25,8 @@ async fn seed_viewer(app: &TestApp, station: i64, token: Option<&str>) -> Client
 /// A `/ws` connection subscribed to `station:{id}` (once its snapshot arrived).
 async fn ws_viewer(app: &TestApp, station: i64, token: Option<&str>) -> Client {
     let (mut client, _) = Client::open(app, "/ws", token).await;
-    subscribe(&mut client, station).await;
+    client.subscribe_station(station).await;
     client
-}
-
-async fn subscribe(client: &mut Client, station: i64) {
-    let channel = format!("station:{station}");
-    client
-        .send_text(&json!({"type": "subscribe", "channel": channel}).to_string())
-        .await;
-    client
-        .until(|m| m["action"] == "snapshot" && m["channel"] == channel.as_str())
-        .await;
 }
 
 /// The next message that is not a station's snapshot, event or the automatic subscriptions.
@@ -122,7 +112,7 @@ async fn staff_hear_a_user_come_with_the_first_connection_and_go_with_the_last()
         .until(|m| m["action"] == "snapshot" && m["channel"] == format!("station:{station}").as_str())
         .await;
     let (mut admin, _) = Client::open(&app, "/ws", Some(&app.admin.token)).await;
-    subscribe(&mut admin, station).await;
+    admin.subscribe_station(station).await;
     let first = next_notice(&mut staff).await;
     assert_eq!(
         (&first["type"], &first["user_id"], &first["viewers"]),
@@ -132,7 +122,7 @@ async fn staff_hear_a_user_come_with_the_first_connection_and_go_with_the_last()
     assert_eq!(first["channel"], format!("station:{station}"));
     // A driver watching is not staff: they are told nothing of who comes.
     let (mut bystander, _) = Client::open(&app, "/ws", Some(&app.user("user").await.token)).await;
-    subscribe(&mut bystander, station).await;
+    bystander.subscribe_station(station).await;
     assert_eq!(next_notice(&mut staff).await["type"], "viewer_joined");
 
     let _anonymous = seed_viewer(&app, station, None).await;
@@ -206,7 +196,7 @@ async fn a_token_renewed_in_place_is_no_leave_and_join() {
         .send_text(&json!({"type": "authenticate", "token": other.token}).to_string())
         .await;
     viewer.until(|m| m["type"] == "authenticated").await;
-    subscribe(&mut viewer, station).await;
+    viewer.subscribe_station(station).await;
     let mut told: Vec<(String, i64)> = Vec::new();
     while told.len() < 2 {
         let notice = next_notice(&mut staff).await;
@@ -321,4 +311,54 @@ async fn a_channel_left_while_a_renewal_rechecks_stays_left() {
         let seen = presence(&app, station, None).await;
         assert_eq!(seen["viewers"], 0, "a channel left came back: {seen}");
     }
+}
+
+/// A client that subscribes and unsubscribes at once (a dashboard paging past a station) leaves
+/// no ghost: the join, which runs on after the leave, registers no viewer. Staff hear a leave
+/// for every join they heard.
+#[actix_web::test]
+async fn a_subscription_left_at_once_leaves_no_ghost() {
+    let app = spawn_app().await;
+    let station = app.station("Paged past", None).await;
+    let channel = format!("station:{station}");
+    let (mut staff, _) = Client::open(&app, "/ws", Some(&app.admin.token)).await;
+    staff.subscribe_station(station).await;
+    let mut drivers = Vec::new();
+    for _ in 0..20 {
+        let driver = app.user("user").await;
+        let (mut client, _) = Client::open(&app, "/ws", Some(&driver.token)).await;
+        for kind in ["subscribe", "unsubscribe"] {
+            client
+                .send_text(&json!({"type": kind, "channel": channel}).to_string())
+                .await;
+        }
+        drivers.push(client);
+    }
+    for client in &mut drivers {
+        client.until(|m| m["type"] == "unsubscribed").await;
+    }
+    let mut waited = 0;
+    loop {
+        let seen = presence(&app, station, Some(&app.admin.token)).await;
+        if seen["viewers"] == 1 {
+            assert_eq!(ids(&seen), vec![app.admin.id], "{seen}");
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "viewers who left are still counted: {seen}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    marker(&app, station, "after everyone left").await;
+    let mut joined = std::collections::HashMap::<i64, i64>::new();
+    loop {
+        let notice = next_notice(&mut staff).await;
+        let user = notice["user_id"].as_i64().unwrap_or_default();
+        match notice["type"].as_str() {
+            Some("viewer_joined") => *joined.entry(user).or_default() += 1,
+            Some("viewer_left") => *joined.entry(user).or_default() -= 1,
+            _ => break,
+        }
+    }
+    assert!(joined.values().all(|n| *n == 0), "a join with no leave: {joined:?}");
+    drop(drivers);
 }

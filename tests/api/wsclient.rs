@@ -112,6 +112,15 @@ impl Client {
         out
     }
 
+    /// Subscribes a `/ws` connection to `station:{id}` and waits for its snapshot.
+    pub async fn subscribe_station(&mut self, station: i64) {
+        let channel = format!("station:{station}");
+        self.send_text(&serde_json::json!({"type": "subscribe", "channel": channel}).to_string())
+            .await;
+        self.until(|m| m["action"] == "snapshot" && m["channel"] == channel.as_str())
+            .await;
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.socket.send(Message::text(text)).await.unwrap();
     }
