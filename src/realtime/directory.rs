@@ -119,6 +119,7 @@ mod tests {
                 session: 1,
                 to: a,
                 tagged: false,
+                generation: 1,
             })
             .await
             .unwrap();
@@ -128,6 +129,7 @@ mod tests {
                 session: 2,
                 to: b,
                 tagged: false,
+                generation: 1,
             })
             .await
             .unwrap();
@@ -166,6 +168,7 @@ mod tests {
                 session: 1,
                 to,
                 tagged: false,
+                generation: 1,
             })
             .await
             .unwrap();

@@ -20,7 +20,9 @@ pub type SessionId = u64;
 /// closing) the outlet asks for through [`Attention`].
 pub trait Outlet: Send {
     /// Live events of one channel, in order; the frames are the registry's, shared by reference.
-    fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention;
+    /// `generation` is the one the watch was made for ([`SubscribedBy::Join`]): a watch of an
+    /// earlier subscription of the channel, perhaps as another user, feeds no later one.
+    fn live(&mut self, channel: Channel, generation: u64, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention;
 }
 
 pub type SharedOutlet = Arc<Mutex<dyn Outlet>>;
@@ -42,6 +44,8 @@ pub enum ToSession {
     /// A personal event (station events reach sessions through their outlets).
     Event {
         channel: Channel,
+        /// The subscription's generation, as for station events ([`Outlet::live`]).
+        generation: u64,
         event_id: i64,
         frame: Frame,
     },
@@ -66,7 +70,12 @@ pub enum ToSession {
     Sample { channel: Channel, frame: Frame },
     /// A channel's message that is not an event but must not be missed by a subscriber (a
     /// presence notice to staff): sent when live, held while the channel catches up.
-    Notice { channel: Channel, frame: Frame },
+    Notice {
+        channel: Channel,
+        /// The watch's generation, as for events ([`Outlet::live`]).
+        generation: u64,
+        frame: Frame,
+    },
     /// The connected user changed (role, activity): check every subscription again.
     Recheck,
     /// The user as a re-check found them, for the credentials it checked (ignored if the
@@ -241,6 +250,9 @@ pub struct Join {
     pub to: Recipient<ToSession>,
     /// Whether messages carry `"channel"`.
     pub tagged: bool,
+    /// The outlet generation of the join, which its events name ([`Outlet::live`]): a
+    /// connection that signs in as someone else gets none of the last user's in flight.
+    pub generation: u64,
 }
 
 #[derive(Message)]

@@ -12,8 +12,9 @@ use crate::events::wire::{self, Frame};
 use crate::metrics::Metrics;
 
 pub struct Notifier {
-    /// Each session, and whether it wants messages tagged with their channel.
-    sessions: HashMap<SessionId, (Recipient<ToSession>, bool)>,
+    /// Each session, whether it wants messages tagged with their channel, and its subscription's
+    /// generation.
+    sessions: HashMap<SessionId, (Recipient<ToSession>, bool, u64)>,
     metrics: Arc<Metrics>,
 }
 
@@ -34,7 +35,7 @@ impl Handler<Join> for Notifier {
     type Result = ();
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
-        self.sessions.insert(msg.session, (msg.to, msg.tagged));
+        self.sessions.insert(msg.session, (msg.to, msg.tagged, msg.generation));
     }
 }
 
@@ -54,7 +55,7 @@ impl Handler<Publish> for Notifier {
         let metrics = &self.metrics;
         // Made on first need, once per event, shared by every tagged session.
         let mut forms: [Option<Frame>; 2] = Default::default();
-        self.sessions.retain(|_, (to, tagged)| {
+        self.sessions.retain(|_, (to, tagged, generation)| {
             let frame = forms[usize::from(*tagged)]
                 .get_or_insert_with(|| {
                     if *tagged {
@@ -68,6 +69,7 @@ impl Handler<Publish> for Notifier {
                 to,
                 ToSession::Event {
                     channel,
+                    generation: *generation,
                     event_id: event.event_id,
                     frame,
                 },

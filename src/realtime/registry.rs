@@ -37,6 +37,8 @@ struct Connection {
 /// connection per recipient).
 struct Watch {
     personal: PersonalData,
+    /// The outlet generation of the join that made it (a re-check keeps it).
+    generation: u64,
     decided: Decided,
     /// What `personal` was before a change to the user hid it until re-checked.
     suspended: Option<PersonalData>,
@@ -281,11 +283,11 @@ impl StationRegistry {
                 let job = &*job;
                 // Every form was just made by `prepare`: none is skipped.
                 let mut items = (0..job.events.len()).filter_map(|i| job.form(i, watch));
-                let attention = watch
-                    .outlet
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .live(job.channel, &mut items);
+                let attention = watch.outlet.lock().unwrap_or_else(PoisonError::into_inner).live(
+                    job.channel,
+                    watch.generation,
+                    &mut items,
+                );
                 match attention {
                     Attention::None => delivered += job.events.len() as u64,
                     Attention::Poke => {
@@ -460,16 +462,21 @@ impl Handler<Subscribe> for StationRegistry {
         let Some(connection) = self.connections.get_mut(&msg.session) else {
             return;
         };
-        let watched = self
+        let existing = self
             .watchers
             .get(&msg.channel)
-            .is_some_and(|w| w.contains_key(&msg.session));
-        let stale = match msg.by {
-            SubscribedBy::Recheck => !watched,
-            SubscribedBy::Join(generation) => connection
-                .left
-                .iter()
-                .any(|(channel, up_to)| *channel == msg.channel && generation <= *up_to),
+            .and_then(|w| w.get(&msg.session))
+            .map(|w| w.generation);
+        let (stale, generation) = match (msg.by, existing) {
+            (SubscribedBy::Recheck, None) => (true, 0),
+            (SubscribedBy::Recheck, Some(generation)) => (false, generation),
+            (SubscribedBy::Join(generation), _) => (
+                connection
+                    .left
+                    .iter()
+                    .any(|(channel, up_to)| *channel == msg.channel && generation <= *up_to),
+                generation,
+            ),
         };
         if stale {
             return;
@@ -488,6 +495,7 @@ impl Handler<Subscribe> for StationRegistry {
         };
         let watch = Watch {
             personal,
+            generation,
             suspended,
             decided: msg.decided,
             tagged: msg.tagged,
@@ -689,6 +697,7 @@ impl Handler<StaffNotice> for StationRegistry {
             if watch.tagged && watch.personal.shown_for(notice.station) && notice.except != Some(*session) {
                 watch.to.do_send(ToSession::Notice {
                     channel,
+                    generation: watch.generation,
                     frame: notice.frame.clone(),
                 });
             }
@@ -709,7 +718,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder(Vec<i64>, Vec<Frame>);
     impl Outlet for Recorder {
-        fn live(&mut self, _: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention {
+        fn live(&mut self, _: Channel, _: u64, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention {
             for (id, frame) in items {
                 self.0.push(id);
                 self.1.push(frame.clone());

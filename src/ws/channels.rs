@@ -228,6 +228,7 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
                         session,
                         to: to.clone(),
                         tagged,
+                        generation,
                     })
                     .await
             }

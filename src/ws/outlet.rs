@@ -33,6 +33,10 @@ struct ChannelState {
     /// Which subscription of the channel this is: a catch-up still running for an earlier one
     /// (unsubscribed, then subscribed again) must not feed this one.
     generation: u64,
+    /// The generation the subscription began as (catching up again after falling behind makes a
+    /// new `generation`, not a new subscription): a watch made for an earlier one — perhaps as
+    /// another user, before a sign-in changed who the connection is — feeds it nothing.
+    joined: u64,
     /// `Some` while catching up: the live events that arrived meanwhile.
     held: Option<Vec<(i64, Frame)>>,
     /// Notices that are not events (`viewer_joined`) that arrived while catching up: they go out
@@ -116,6 +120,7 @@ impl Outlet {
         self.generations += 1;
         let state = ChannelState {
             generation: self.generations,
+            joined: self.generations,
             held: Some(Vec::new()),
             held_notices: Vec::new(),
             last_sent: i64::MIN,
@@ -167,12 +172,12 @@ impl Outlet {
     }
 
     /// Live events of a channel: sent, or held while the channel catches up.
-    pub fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) {
+    pub fn live(&mut self, channel: Channel, generation: u64, items: &mut dyn Iterator<Item = (i64, &Frame)>) {
         if self.closing {
             return;
         }
         let bound = self.bound();
-        let Some(state) = state_of(&mut self.channels, channel) else {
+        let Some(state) = state_of(&mut self.channels, channel).filter(|s| s.joined <= generation) else {
             return;
         };
         for (event_id, frame) in items {
@@ -271,11 +276,11 @@ impl Outlet {
     /// A channel's message that is not an event and must not be missed once subscribed (a
     /// presence notice): sent when live, held while catching up — at most [`HELD_NOTICES`],
     /// the oldest let go past that (`presence` tells the whole anew).
-    pub fn notice(&mut self, channel: Channel, frame: &Frame) {
+    pub fn notice(&mut self, channel: Channel, generation: u64, frame: &Frame) {
         if self.closing {
             return;
         }
-        let Some(state) = state_of(&mut self.channels, channel) else {
+        let Some(state) = state_of(&mut self.channels, channel).filter(|s| s.joined <= generation) else {
             return;
         };
         if state.held.is_some() {
@@ -443,8 +448,8 @@ fn queue_event(socket: &mut Socket, state: &mut ChannelState, event_id: i64, fra
 }
 
 impl crate::realtime::messages::Outlet for Outlet {
-    fn live(&mut self, channel: Channel, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention {
-        Outlet::live(self, channel, items);
+    fn live(&mut self, channel: Channel, generation: u64, items: &mut dyn Iterator<Item = (i64, &Frame)>) -> Attention {
+        Outlet::live(self, channel, generation, items);
         if self.failed || self.overflowed {
             self.poked = true;
             Attention::Drop
@@ -505,7 +510,7 @@ mod tests {
         // Live events arrive while the snapshot is on its way: held, not sent.
         let (e5, e6, e7) = (event(5), event(6), event(7));
         let early = [(5, &e5.1), (6, &e6.1), (7, &e7.1)];
-        out.live(STATION, &mut early.into_iter());
+        out.live(STATION, generation, &mut early.into_iter());
         let (drained, taken) = oneshot::channel();
         out.catch_up(STATION, generation, vec![(None, Frame::text("snapshot"))], drained);
         taken.await.expect("the kernel took the snapshot at once");
@@ -514,12 +519,40 @@ mod tests {
         assert!(out.is_live(STATION));
         // A late duplicate of 7 and an older event are skipped; 8 goes out.
         let (e4, e8) = (event(4), event(8));
-        out.live(STATION, &mut [(7, &e7.1), (4, &e4.1), (8, &e8.1)].into_iter());
+        out.live(
+            STATION,
+            generation,
+            &mut [(7, &e7.1), (4, &e4.1), (8, &e8.1)].into_iter(),
+        );
         assert_eq!(
             read_texts(&mut peer, 3).await,
             ["snapshot", "{\"event_id\":7}", "{\"event_id\":8}"]
         );
         assert_eq!(out.attend(false), Need::Nothing);
+    }
+
+    /// A connection that signs in as someone else leaves its channels and joins them anew; what a
+    /// watch of the earlier subscription still had in flight (another user's event or staff
+    /// notice) reaches nothing.
+    #[actix::test]
+    async fn a_new_subscription_gets_nothing_meant_for_the_last_one() {
+        let (mut out, _inbound, mut peer) = outlet(16).await;
+        let before = out.join(STATION).expect("joined");
+        assert!(out.leave(STATION));
+        let now = out.join(STATION).expect("joined again");
+        let (drained, taken) = oneshot::channel();
+        out.catch_up(STATION, now, vec![(None, Frame::text("snapshot"))], drained);
+        taken.await.expect("the kernel took the snapshot at once");
+        out.go_live(STATION, now, 0);
+        let (old, new) = (event(1), event(2));
+        out.live(STATION, before, &mut [(1, &old.1)].into_iter());
+        out.notice(STATION, before, &Frame::text("an earlier viewer's notice"));
+        out.live(STATION, now, &mut [(2, &new.1)].into_iter());
+        out.notice(STATION, now, &Frame::text("notice"));
+        assert_eq!(
+            read_texts(&mut peer, 3).await,
+            ["snapshot", "{\"event_id\":2}", "notice"]
+        );
     }
 
     /// More live events than the queue allows while a channel catches up: the channel lets them
@@ -531,7 +564,12 @@ mod tests {
         let first = out.join(STATION).expect("joined");
         let events: Vec<(i64, Frame)> = (1..=5).map(event).collect();
         let burst = |out: &mut Outlet, ids: std::ops::RangeInclusive<usize>| {
-            crate::realtime::messages::Outlet::live(out, STATION, &mut events[ids].iter().map(|(id, f)| (*id, f)))
+            crate::realtime::messages::Outlet::live(
+                out,
+                STATION,
+                first,
+                &mut events[ids].iter().map(|(id, f)| (*id, f)),
+            )
         };
         assert_eq!(burst(&mut out, 0..=2), Attention::None, "held past the bound: let go");
         let (drained, _taken) = oneshot::channel();

@@ -714,10 +714,12 @@ impl Handler<ToSession> for WsSession {
         match msg {
             ToSession::Event {
                 channel,
+                generation,
                 event_id,
                 frame,
             } => {
-                self.out().live(channel, &mut std::iter::once((event_id, &frame)));
+                self.out()
+                    .live(channel, generation, &mut std::iter::once((event_id, &frame)));
                 self.attend(ctx);
             }
             ToSession::Catchup {
@@ -801,8 +803,12 @@ impl Handler<ToSession> for WsSession {
                     self.send(frame.bytes().clone(), ctx);
                 }
             }
-            ToSession::Notice { channel, frame } => {
-                self.out().notice(channel, &frame);
+            ToSession::Notice {
+                channel,
+                generation,
+                frame,
+            } => {
+                self.out().notice(channel, generation, &frame);
                 self.attend(ctx);
             }
             ToSession::Overflowed => self.overflowed(ctx),
