@@ -5,7 +5,8 @@
 //! watches what. Other nodes' arrive over the backplane ([`PresenceWire`]): each change at once,
 //! numbered, and every [`BEAT`] the node's whole presence, which is also its sign of life. A node
 //! not heard from for [`TTL`] is gone, and so are its viewers — a node killed without a word
-//! leaves no ghost for longer than that. A node that restarts has a new incarnation: what its
+//! leaves no ghost for longer than that (counted while this node itself hears NATS: cut off, it
+//! keeps the others' viewers as last heard until they speak again). A node that restarts has a new incarnation: what its
 //! earlier life said is dropped the moment it speaks again. A numbered change that arrives out of
 //! turn (NATS delivers at most once) makes the peer's view wait for its next whole presence.
 //!
@@ -308,6 +309,17 @@ impl Presence {
     }
 
     fn expire(&mut self) {
+        if self.backplane.as_ref().is_some_and(|b| !b.connected()) {
+            // Cut off from NATS ourselves, we cannot tell a dead node from a cut wire: the others'
+            // viewers stay as last heard (a leave and a join again for everyone watching
+            // elsewhere would be false), and each peer has a whole TTL to speak once we hear
+            // again. Its next whole presence then corrects the view, leaves included.
+            let now = Instant::now();
+            for peer in self.peers.values_mut() {
+                peer.seen = now;
+            }
+            return;
+        }
         let dead: Vec<String> = self
             .peers
             .iter()

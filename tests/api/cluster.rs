@@ -644,3 +644,62 @@ async fn presence_is_shared_and_a_killed_node_leaves_no_ghost() {
     let from_a = wait_for(&admin, &presence, |p| p["viewers"] == 1).await;
     assert_eq!(signed_in_names(&from_a), signed_in_names(&on_restarted));
 }
+
+/// A NATS outage longer than presence's time-to-live is no leave and join again for a viewer on
+/// another node (CONTRACT §4.5: no false pairs): each node, cut off itself, keeps the others'
+/// viewers as last heard, and once NATS is back their whole presence corrects it — a viewer who
+/// left meanwhile is a leave then.
+#[actix_web::test]
+async fn a_nats_outage_makes_no_false_leave_and_join() {
+    let Some(mut nats) = OwnNats::start() else { return };
+    let Some(db) = postgres_db() else { return };
+    create_admin_cli(&db.url(), ADMIN);
+    let a = node(&db, &nats.url(), "staff-side");
+    let b = node(&db, &nats.url(), "viewer-side");
+    let admin = ChildAdmin::sign_in(&a, ADMIN).await;
+    let station = admin.station("Cut off").await;
+    let presence = format!("/api/stations/{station}/presence");
+    let mut staff = watch(&a, &format!("/ws?token={}", admin.token)).await;
+    staff.subscribe_station(station).await;
+    let (_, token) = driver(&b, 0).await;
+    let on_b = opened(&b, &format!("/ws/stations/{station}/?token={token}")).await;
+    let joined = staff.until(|m| m["type"] == "viewer_joined").await;
+    assert_eq!(joined["viewers"], 2, "{joined}");
+    let notice = |m: &Value| {
+        let kind = m["type"].as_str().unwrap_or_default();
+        kind.starts_with("viewer_") || kind == "station_announcement"
+    };
+
+    nats.stop();
+    for server in [&a, &b] {
+        assert_eq!(wait_backplane(server, "down").await["backplane"], "down");
+    }
+    // Longer than the time-to-live and its check: a node that expired its peers would have.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let reply = admin
+        .post(
+            &format!("/api/stations/{station}/announcements"),
+            json!({"message": "still here"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    let first = staff.until(notice).await;
+    assert_eq!(first["type"], "station_announcement", "told before it: {first}");
+    assert_eq!(admin.get(&presence).await["viewers"], 2, "kept as last heard");
+
+    nats.resume().unwrap();
+    for server in [&a, &b] {
+        assert_eq!(wait_backplane(server, "ok").await["backplane"], "ok");
+    }
+    drop(on_b);
+    let left = staff.until(notice).await;
+    assert_eq!(
+        (&left["type"], &left["display_name"], &left["viewers"]),
+        (&json!("viewer_left"), &json!("Driver 0"), &json!(1)),
+        "one leave, when the viewer left: {left}"
+    );
+    let after = wait_for(&admin, &presence, |p| p["viewers"] == 1).await;
+    assert_eq!(after["viewers"], 1, "{after}");
+    assert!(!signed_in_names(&after).contains(&"Driver 0".to_owned()), "{after}");
+}
