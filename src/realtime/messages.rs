@@ -134,11 +134,16 @@ impl Channel {
             "stations" => Some(Channel::Stations),
             "notifications" => Some(Channel::Notifications),
             "system" => Some(Channel::System),
-            _ => name
-                .strip_prefix("station:")?
-                .parse()
-                .ok()
-                .map(|id| Channel::Station(StationId(id))),
+            _ => {
+                // One spelling per channel: `station:01` or `station:+1` is not `station:1` (a
+                // client comparing the names it gets back with the ones it sent must match).
+                let id = name.strip_prefix("station:")?;
+                let canonical = id.bytes().all(|b| b.is_ascii_digit()) && !id.starts_with('0');
+                canonical
+                    .then(|| id.parse().ok())
+                    .flatten()
+                    .map(|id| Channel::Station(StationId(id)))
+            }
         }
     }
 }

@@ -497,7 +497,17 @@ impl WsSession {
     }
 
     fn channel_of(&mut self, name: Option<Value>, ctx: &mut Ctx) -> Option<Channel> {
-        let name = name.as_ref().and_then(Value::as_str).unwrap_or("");
+        let Some(name) = name.as_ref().and_then(Value::as_str) else {
+            self.reply(
+                ctx,
+                ServerMessage::Error {
+                    code: Some("unknown_channel"),
+                    channel: None,
+                    message: "\"channel\" must be a channel name, such as \"station:12\"".into(),
+                },
+            );
+            return None;
+        };
         let channel = Channel::parse(name);
         if channel.is_none() {
             self.reply(

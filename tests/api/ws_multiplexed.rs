@@ -108,6 +108,25 @@ async fn who_may_subscribe_to_what() {
     assert_eq!(until(&mut client, typed("error")).await["code"], "not_found");
     client.send_text(r#"{"type":"subscribe","channel":"weather"}"#).await;
     assert_eq!(until(&mut client, typed("error")).await["code"], "unknown_channel");
+    // One spelling per channel, and what is not a name is not echoed as one.
+    for (bad, echoed) in [
+        (json!("station:01"), json!("station:01")),
+        (json!("station:+1"), json!("station:+1")),
+        (json!("station:1 "), json!("station:1 ")),
+        (json!("station:"), json!("station:")),
+        (json!(1), Value::Null),
+        (json!({"station": 1}), Value::Null),
+    ] {
+        client
+            .send_text(&json!({"type": "subscribe", "channel": bad}).to_string())
+            .await;
+        let refused = until(&mut client, typed("error")).await;
+        assert_eq!(
+            (&refused["code"], &refused["channel"]),
+            (&json!("unknown_channel"), &echoed),
+            "{bad}: {refused}"
+        );
+    }
 }
 
 #[actix_web::test]
