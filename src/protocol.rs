@@ -50,6 +50,10 @@ pub enum ClientMessage {
     Authenticate {
         #[serde(default)]
         token: Option<Value>,
+        /// Where the automatic subscriptions of a new sign-in start, as `?last_event_id` at
+        /// connect: a client that signs in in band on reconnecting resumes them too.
+        #[serde(default)]
+        last_event_id: Option<Value>,
     },
     Subscribe {
         #[serde(default)]
@@ -248,7 +252,7 @@ mod tests {
         ));
         assert!(matches!(
             Inbound::parse(r#"{"type":"authenticate","token":5}"#),
-            Inbound::Message(ClientMessage::Authenticate { token: Some(_) })
+            Inbound::Message(ClientMessage::Authenticate { token: Some(_), .. })
         ));
         assert!(matches!(Inbound::parse("{nope"), Inbound::NotJson));
         assert!(matches!(Inbound::parse(r#"{"type":"dance"}"#), Inbound::Unknown(t) if t == "dance"));

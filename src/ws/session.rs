@@ -348,7 +348,9 @@ impl WsSession {
                     .unwrap_or_else(|| Value::from(iso(now_ms())));
                 self.reply(ctx, ServerMessage::Pong { timestamp });
             }
-            (ClientMessage::Authenticate { token }, Kind::Multiplexed) => self.on_authenticate(token, ctx),
+            (ClientMessage::Authenticate { token, last_event_id }, Kind::Multiplexed) => {
+                self.on_authenticate(token, start_of(last_event_id), ctx)
+            }
             (ClientMessage::Subscribe { channel, last_event_id }, Kind::Multiplexed) => {
                 self.on_subscribe(channel, last_event_id, ctx)
             }
@@ -375,7 +377,7 @@ impl WsSession {
         self.reply(ctx, seed_error(format!("Unknown message type: {kind}").into()));
     }
 
-    fn on_authenticate(&mut self, token: Option<Value>, ctx: &mut Ctx) {
+    fn on_authenticate(&mut self, token: Option<Value>, start: Start, ctx: &mut Ctx) {
         let Some(token) = token.as_ref().and_then(Value::as_str).map(str::to_owned) else {
             return self.reply(
                 ctx,
@@ -388,8 +390,8 @@ impl WsSession {
         let state = self.state.clone();
         let check = async move { authenticate(&state, &token).await };
         ctx.spawn(
-            actix::fut::wrap_future(check).map(|result, this: &mut Self, ctx| match result {
-                Ok((actor, credentials)) => this.sign_in(Identity { actor, credentials }, Start::Fresh, false, ctx),
+            actix::fut::wrap_future(check).map(move |result, this: &mut Self, ctx| match result {
+                Ok((actor, credentials)) => this.sign_in(Identity { actor, credentials }, start, false, ctx),
                 Err(e) => this.reply(
                     ctx,
                     ServerMessage::AuthError {
@@ -526,11 +528,7 @@ impl WsSession {
         let Some(channel) = self.channel_of(channel, ctx) else {
             return;
         };
-        let start = match last_event_id {
-            None | Some(Value::Null) => Start::Fresh,
-            Some(id) => id.as_i64().map(Start::Resume).unwrap_or(Start::Unreadable),
-        };
-        self.join(channel, start, ctx);
+        self.join(channel, start_of(last_event_id), ctx);
     }
 
     fn on_unsubscribe(&mut self, channel: Option<Value>, ctx: &mut Ctx) {
@@ -710,6 +708,14 @@ impl Actor for WsSession {
             self.leave(channel);
         }
         self.registry.do_send(Disconnect { session: self.id });
+    }
+}
+
+/// Where a subscription starts, from a message's `last_event_id`.
+fn start_of(last_event_id: Option<Value>) -> Start {
+    match last_event_id {
+        None | Some(Value::Null) => Start::Fresh,
+        Some(id) => id.as_i64().map(Start::Resume).unwrap_or(Start::Unreadable),
     }
 }
 

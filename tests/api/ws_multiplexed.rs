@@ -58,6 +58,39 @@ async fn in_band_authentication_subscribes_automatically() {
     assert_eq!(added["channel"], format!("station:{own}"));
 }
 
+/// A client that reconnects and signs in in band resumes its automatic subscriptions from where
+/// it was (`last_event_id` on `authenticate`, as `?last_event_id` at connect): the missed events,
+/// not a snapshot.
+#[actix_web::test]
+async fn in_band_authentication_resumes_the_automatic_subscriptions() {
+    let app = spawn_app().await;
+    let operator = app.user("operator").await;
+    let own = app.station("Own", Some(&operator)).await;
+    let (_, hello) = Client::open(&app, "/ws", None).await;
+    let position = hello["last_event_id"].as_i64().unwrap();
+    app.battery(own, "MISSED-1").await;
+    app.battery(own, "MISSED-2").await;
+    let mut client = connect(&app, None).await;
+    client
+        .send_text(&json!({"type": "authenticate", "token": operator.token, "last_event_id": position}).to_string())
+        .await;
+    let channel = format!("station:{own}");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let m = until(&mut client, |m| {
+            m["channel"] == channel.as_str() && m["type"] != "subscribed"
+        })
+        .await;
+        assert_ne!(m["action"], "snapshot", "a snapshot instead of the replay: {m}");
+        seen.push(
+            m["event_id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("not a replayed event: {m}")),
+        );
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]) && seen[0] > position, "{seen:?}");
+}
+
 #[actix_web::test]
 async fn who_may_subscribe_to_what() {
     let app = spawn_app().await;
