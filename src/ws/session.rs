@@ -3,6 +3,7 @@
 //! channel's stream in order. Work that needs the database (checking a token, joining a channel, an
 //! action) runs in tasks from [`super::channels`] and [`super::actions`]; the session only routes.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -82,9 +83,21 @@ pub struct WsSession {
     peer_gone: bool,
     /// The close at the token's `exp` (4002) and, on `/ws`, the `token_expiring` before it.
     expiry: Vec<SpawnHandle>,
+    /// An in-band `authenticate` is being checked: what the client sends meanwhile waits, so it
+    /// is handled as the identity the client asked for (a `subscribe` sent right after
+    /// `authenticate` must not be made anonymously, then dropped by the sign-in).
+    signing_in: bool,
+    /// Counts sign-ins begun: one that a later one overtook answers nothing and subscribes to
+    /// nothing (its user's automatic channels are not the connection's any more).
+    sign_ins: u64,
+    /// Messages that arrived while signing in, in order.
+    after_sign_in: VecDeque<String>,
     /// Held for the connection's life (see [`crate::realtime::per_ip`]).
     _place: Option<Place>,
 }
+
+/// Messages held while an `authenticate` is checked; the rate limit keeps this far off.
+const HELD_WHILE_SIGNING_IN: usize = 256;
 
 type Ctx = Context<WsSession>;
 
@@ -133,6 +146,9 @@ impl WsSession {
             registry,
             peer_gone: false,
             expiry: Vec::new(),
+            signing_in: false,
+            sign_ins: 0,
+            after_sign_in: VecDeque::new(),
             _place: opening.place,
         }
     }
@@ -335,6 +351,16 @@ impl WsSession {
 
     /// One complete text message from the client.
     fn on_text(&mut self, raw: &str, ctx: &mut Ctx) {
+        if self.signing_in {
+            if self.after_sign_in.len() >= HELD_WHILE_SIGNING_IN {
+                return self.reply(
+                    ctx,
+                    ServerMessage::error("rate_limited", "Too many messages while signing in"),
+                );
+            }
+            self.after_sign_in.push_back(raw.to_owned());
+            return;
+        }
         let message = match Inbound::parse(raw) {
             Inbound::Message(message) => message,
             Inbound::NotJson => return self.reply(ctx, seed_error("Invalid JSON".into())),
@@ -389,18 +415,37 @@ impl WsSession {
         };
         let state = self.state.clone();
         let check = async move { authenticate(&state, &token).await };
+        self.signing_in = true;
+        self.sign_ins += 1;
+        let epoch = self.sign_ins;
         ctx.spawn(
             actix::fut::wrap_future(check).map(move |result, this: &mut Self, ctx| match result {
+                _ if this.sign_ins != epoch => {}
                 Ok((actor, credentials)) => this.sign_in(Identity { actor, credentials }, start, false, ctx),
-                Err(e) => this.reply(
-                    ctx,
-                    ServerMessage::AuthError {
-                        code: Some(e.code()),
-                        message: e.public_message().into(),
-                    },
-                ),
+                Err(e) => {
+                    this.reply(
+                        ctx,
+                        ServerMessage::AuthError {
+                            code: Some(e.code()),
+                            message: e.public_message().into(),
+                        },
+                    );
+                    this.signed_in(ctx);
+                }
             }),
         );
+    }
+
+    /// The sign-in is answered: what the client sent meanwhile is handled now, in order (up to
+    /// another `authenticate`, which holds the rest again).
+    fn signed_in(&mut self, ctx: &mut Ctx) {
+        self.signing_in = false;
+        while !self.signing_in {
+            let Some(raw) = self.after_sign_in.pop_front() else {
+                break;
+            };
+            self.on_text(&raw, ctx);
+        }
     }
 
     /// Takes an identity (at connect or in band). A renewal for the same user keeps the
@@ -440,8 +485,15 @@ impl WsSession {
             }
             channels::automatic(&state, &who).await
         };
+        // Until it is answered, what the client sends waits (at connect too: an `authenticate`
+        // sent at once is handled after this sign-in, not beside it).
+        self.signing_in = true;
+        let epoch = self.sign_ins;
         ctx.spawn(
             actix::fut::wrap_future(automatic).map(move |result, this: &mut Self, ctx| {
+                if this.sign_ins != epoch {
+                    return;
+                }
                 let automatic = result.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "automatic subscriptions unavailable");
                     vec![Channel::Notifications]
@@ -463,6 +515,7 @@ impl WsSession {
                         this.join(channel, start, ctx);
                     }
                 }
+                this.signed_in(ctx);
             }),
         );
     }

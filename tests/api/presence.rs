@@ -362,3 +362,40 @@ async fn a_subscription_left_at_once_leaves_no_ghost() {
     assert!(joined.values().all(|n| *n == 0), "a join with no leave: {joined:?}");
     drop(drivers);
 }
+
+/// What a client sends right after `authenticate` is handled as the identity it asked for: a
+/// `subscribe` sent without waiting for `authenticated` is made (as the new user, counted in
+/// presence), never dropped by the sign-in that completes after it.
+#[actix_web::test]
+async fn a_subscribe_sent_right_after_authenticate_is_made_as_the_new_user() {
+    let app = spawn_app().await;
+    let station = app.station("Straight in", None).await;
+    let channel = format!("station:{station}");
+    let first = app.user("user").await;
+    let mut clients = Vec::new();
+    for round in 0..20 {
+        let driver = app.user("user").await;
+        // Anonymous, then signing in; or signed in as one user, then as another.
+        let at_connect = (round % 2 == 1).then_some(first.token.as_str());
+        let (mut client, _) = Client::open(&app, "/ws", at_connect).await;
+        client
+            .send_text(&json!({"type": "authenticate", "token": driver.token}).to_string())
+            .await;
+        client
+            .send_text(&json!({"type": "subscribe", "channel": channel}).to_string())
+            .await;
+        // (A connection signed in at connect is told so first.)
+        client
+            .until(|m| m["type"] == "authenticated" && m["user_id"] == driver.id)
+            .await;
+        client
+            .until(|m| m["action"] == "snapshot" && m["channel"] == channel.as_str())
+            .await;
+        clients.push((client, driver.id));
+    }
+    let seen = presence(&app, station, Some(&app.admin.token)).await;
+    assert_eq!(seen["viewers"], 20, "{seen}");
+    let mut expected: Vec<i64> = clients.iter().map(|(_, id)| *id).collect();
+    expected.sort();
+    assert_eq!(ids(&seen), expected, "counted as the users they signed in as");
+}
