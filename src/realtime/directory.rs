@@ -80,6 +80,12 @@ impl Handler<Leave> for NotifierDirectory {
     }
 }
 
+impl Handler<Settled> for NotifierDirectory {
+    type Result = ();
+
+    fn handle(&mut self, _: Settled, _: &mut Context<Self>) {}
+}
+
 impl Handler<Publish> for NotifierDirectory {
     type Result = ();
 

@@ -260,6 +260,12 @@ pub struct Join {
     pub generation: u64,
 }
 
+/// Answered once the directory has taken every message sent to it before: a join waits for the
+/// session's `Join` this way before it reads the log.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Settled;
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Leave {

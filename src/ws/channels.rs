@@ -23,7 +23,7 @@ use crate::events::wire::{self, Frame};
 use crate::events::{log, Audience};
 use crate::protocol::ServerMessage;
 use crate::realtime::messages::{
-    Channel, Connect, Decided, Join, PersonalData, Reinstate, SessionId, SharedOutlet, Subscribe, SubscribedBy,
+    Channel, Connect, Decided, PersonalData, Reinstate, SessionId, Settled, SharedOutlet, Subscribe, SubscribedBy,
     ToSession, Viewer,
 };
 use crate::state::AppState;
@@ -219,19 +219,11 @@ pub async fn join(state: Arc<AppState>, joining: Joining) {
             _ => (authorize(&state, actor.as_ref(), channel).await?, None),
         };
         let registered = match (channel, actor.as_ref()) {
-            (Channel::Notifications, Some(actor)) => {
-                state
-                    .hub
-                    .directory
-                    .send(Join {
-                        user: actor.id,
-                        session,
-                        to: to.clone(),
-                        tagged,
-                        generation,
-                    })
-                    .await
-            }
+            // The session sent its Join itself, in order with its Leave (a Join from here could
+            // come after the Leave of a client that left or hung up at once, and stay). The
+            // directory takes this after it: from then on the user's events reach the session,
+            // so the log is read only after.
+            (Channel::Notifications, Some(_)) => state.hub.directory.send(Settled).await,
             _ => {
                 let subscribe = Subscribe {
                     session,

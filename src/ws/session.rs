@@ -28,7 +28,7 @@ use crate::error::ErrorBody;
 use crate::events::wire::Frame;
 use crate::protocol::{close, close_for, ClientMessage, Greeting, Inbound, ServerMessage};
 use crate::realtime::messages::{
-    Channel, Disconnect, Identify, Leave, SessionId, SharedOutlet, ToSession, Unsubscribe,
+    Channel, Disconnect, Identify, Join, Leave, SessionId, SharedOutlet, ToSession, Unsubscribe,
 };
 use crate::realtime::per_ip::Place;
 use crate::realtime::registry::StationRegistry;
@@ -287,6 +287,16 @@ impl WsSession {
         announce: bool,
         ctx: &mut Ctx,
     ) {
+        if let (Channel::Notifications, Some(identity)) = (channel, &self.identity) {
+            // From here, in order with the Leave that ends it (see `channels::join`).
+            self.state.hub.directory.do_send(Join {
+                user: identity.actor.id,
+                session: self.id,
+                to: ctx.address().recipient(),
+                tagged: self.tagged(),
+                generation,
+            });
+        }
         let joining = channels::Joining {
             session: self.id,
             to: ctx.address().recipient(),

@@ -66,3 +66,38 @@ async fn metrics_parse_and_move() {
     assert!(value(&after, "swapcast_db_pool_connections") >= 1.0);
     drop((client, resumed));
 }
+
+/// Connections that sign in in band (as themselves or as someone else) and hang up at once leave
+/// nothing registered behind: the subscription gauges come back to zero.
+#[actix_web::test]
+async fn connections_that_hang_up_mid_sign_in_leave_no_subscription() {
+    let app = spawn_app().await;
+    let (a, b) = (app.user("user").await, app.user("user").await);
+    for round in 0..40 {
+        let (mut client, _) = Client::open(&app, "/ws", Some(&a.token)).await;
+        let token = if round % 2 == 0 { &a.token } else { &b.token };
+        client
+            .send_text(&serde_json::json!({"type": "authenticate", "token": token}).to_string())
+            .await;
+        if round % 4 < 2 {
+            // Gone without a word, some after a moment.
+            tokio::time::sleep(std::time::Duration::from_millis(round % 7)).await;
+        } else {
+            let _ = client.socket.close(None).await;
+        }
+    }
+    let mut waited = 0;
+    loop {
+        let now = scrape(&app).await;
+        let left = (
+            value(&now, "swapcast_notification_subscriptions"),
+            value(&now, "swapcast_subscriptions"),
+        );
+        if left == (0.0, 0.0) {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "left registered with every connection gone: {left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
