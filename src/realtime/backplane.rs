@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::messages::{BackplaneState, Committed, FromPeer, PresenceWire, RecheckAll, RegistryStats, UserChanged};
+use super::messages::{BackplaneState, Committed, PresenceHeard, PresenceWire, RecheckAll, RegistryStats, UserChanged};
 use super::publisher::Publisher;
 use super::registry::Registries;
 use crate::auth::callers::CallerCache;
@@ -106,7 +106,7 @@ pub struct Local {
     pub registry: Registries,
     pub metrics: Arc<Metrics>,
     pub actors: Arc<CallerCache>,
-    pub presence: Recipient<FromPeer>,
+    pub presence: Recipient<PresenceHeard>,
 }
 
 impl Backplane {
@@ -285,12 +285,11 @@ async fn receive_users(mut users: Subscriber, local: Arc<Local>) {
 async fn receive_presence(mut presence: Subscriber, local: Arc<Local>) {
     while let Some(message) = presence.next().await {
         if let Ok(envelope) = serde_json::from_slice::<Envelope<PresenceWire>>(&message.payload) {
-            if envelope.node != *local.node {
-                local.presence.do_send(FromPeer {
-                    node: envelope.node,
-                    wire: envelope.body,
-                });
-            }
+            local.presence.do_send(PresenceHeard {
+                own: envelope.node == *local.node,
+                node: envelope.node,
+                wire: envelope.body,
+            });
         }
     }
 }

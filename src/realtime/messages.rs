@@ -429,10 +429,12 @@ pub enum PresenceWire {
     },
 }
 
-/// Another node's presence message, as the backplane received it.
+/// A presence message as the backplane received it: another node's, or this node's own coming
+/// back (`own`), the sign that NATS carries what this node says.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct FromPeer {
+pub struct PresenceHeard {
     pub node: String,
     pub wire: PresenceWire,
+    pub own: bool,
 }

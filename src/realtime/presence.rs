@@ -5,9 +5,10 @@
 //! watches what. Other nodes' arrive over the backplane ([`PresenceWire`]): each change at once,
 //! numbered, and every [`BEAT`] the node's whole presence, which is also its sign of life. A node
 //! not heard from for [`TTL`] is gone, and so are its viewers — a node killed without a word
-//! leaves no ghost for longer than that (counted while this node itself hears NATS: cut off, it
-//! keeps the others' viewers as last heard until they speak again). A node that restarts has a new incarnation: what its
-//! earlier life said is dropped the moment it speaks again. A numbered change that arrives out of
+//! leaves no ghost for longer than that. Silence counts only while this node hears its own
+//! messages come back ([`Presence::expire`]): cut off, it keeps the others' viewers as last heard.
+//! A node that restarts has a new incarnation: what its earlier life said is dropped the moment
+//! it speaks again. A numbered change that arrives out of
 //! turn (NATS delivers at most once) makes the peer's view wait for its next whole presence.
 //!
 //! `viewer_joined` / `viewer_left` follow a signed-in user's first and last connection to a
@@ -21,7 +22,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::backplane::Backplane;
-use super::messages::{FromPeer, PresenceEntry, PresenceWire, SessionId, StaffNotice, Viewer, Viewing};
+use super::messages::{PresenceEntry, PresenceHeard, PresenceWire, SessionId, StaffNotice, Viewer, Viewing};
 use super::registry::Registries;
 use crate::clock::now_ms;
 use crate::domain::ids::{StationId, UserId};
@@ -239,6 +240,8 @@ pub struct Presence {
     rooms: Rooms,
     registries: Registries,
     backplane: Option<Backplane>,
+    /// When this node last heard its own presence come back over NATS.
+    heard_self: Option<Instant>,
 }
 
 impl Presence {
@@ -251,6 +254,7 @@ impl Presence {
             rooms: Rooms::default(),
             registries,
             backplane: None,
+            heard_self: None,
         }
     }
 
@@ -308,22 +312,22 @@ impl Presence {
         }
     }
 
+    /// A peer is gone once it has been silent for the [`TTL`] while NATS carried this node's own
+    /// messages for long after its last: a node cut off from NATS — disconnected, or a NATS that
+    /// hangs with the connection open — hears neither itself nor the others, and cannot tell a
+    /// dead node from a cut wire. It keeps the others' viewers as last heard (a leave and a join
+    /// again for everyone watching elsewhere would be false); once its own messages come back,
+    /// the others' whole presence corrects the view, and a node that died meanwhile is gone.
     fn expire(&mut self) {
-        if self.backplane.as_ref().is_some_and(|b| !b.connected()) {
-            // Cut off from NATS ourselves, we cannot tell a dead node from a cut wire: the others'
-            // viewers stay as last heard (a leave and a join again for everyone watching
-            // elsewhere would be false), and each peer has a whole TTL to speak once we hear
-            // again. Its next whole presence then corrects the view, leaves included.
-            let now = Instant::now();
-            for peer in self.peers.values_mut() {
-                peer.seen = now;
-            }
+        let Some(heard_self) = self.heard_self else {
             return;
-        }
+        };
         let dead: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, peer)| peer.seen.elapsed() > TTL)
+            .filter(|(_, peer)| {
+                peer.seen.elapsed() > TTL && heard_self.saturating_duration_since(peer.seen) > TTL - BEAT
+            })
             .map(|(node, _)| node.clone())
             .collect();
         for node in dead {
@@ -473,11 +477,15 @@ impl Handler<Viewing> for Presence {
     }
 }
 
-impl Handler<FromPeer> for Presence {
+impl Handler<PresenceHeard> for Presence {
     type Result = ();
 
-    fn handle(&mut self, msg: FromPeer, _: &mut Context<Self>) {
-        self.heard(msg.node, msg.wire);
+    fn handle(&mut self, msg: PresenceHeard, _: &mut Context<Self>) {
+        if msg.own {
+            self.heard_self = Some(Instant::now());
+        } else {
+            self.heard(msg.node, msg.wire);
+        }
     }
 }
 
@@ -635,14 +643,29 @@ mod tests {
         assert_eq!(presence.rooms.view(StationId(1)).viewers, 2);
     }
 
+    /// A node silent for the TTL while NATS carries this node's own messages is gone; one that is
+    /// silent while this node does not hear itself either (NATS down, or hung) is not.
     #[actix::test]
-    async fn a_silent_node_is_gone_after_the_ttl() {
+    async fn a_silent_node_is_gone_after_the_ttl_only_while_this_node_hears_itself() {
         let registries = Registries::start(Default::default(), "test".into(), None);
         let mut presence = Presence::new(registries);
         presence.heard("n2".into(), state(1, 0, vec![entry(1, 1, viewer(7, "Ann"))]));
+        let long_ago = Instant::now() - TTL - Duration::from_millis(1);
+        presence.peers.get_mut("n2").unwrap().seen = long_ago;
         presence.expire();
-        assert_eq!(presence.rooms.view(StationId(1)).viewers, 1, "heard just now");
-        presence.peers.get_mut("n2").unwrap().seen = Instant::now() - TTL - Duration::from_millis(1);
+        assert_eq!(
+            presence.rooms.view(StationId(1)).viewers,
+            1,
+            "never heard itself: cut off"
+        );
+        presence.heard_self = Some(long_ago + BEAT);
+        presence.expire();
+        assert_eq!(
+            presence.rooms.view(StationId(1)).viewers,
+            1,
+            "NATS went quiet for both soon after the peer's last word"
+        );
+        presence.heard_self = Some(Instant::now());
         presence.expire();
         assert_eq!(presence.rooms.view(StationId(1)), View::default());
     }

@@ -331,6 +331,15 @@ impl OwnNats {
         Ok(())
     }
 
+    /// `kill -<name>`: `STOP` hangs the server with every connection open, `CONT` lets it go on.
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("nats-server runs");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -648,9 +657,25 @@ async fn presence_is_shared_and_a_killed_node_leaves_no_ghost() {
 /// A NATS outage longer than presence's time-to-live is no leave and join again for a viewer on
 /// another node (CONTRACT §4.5: no false pairs): each node, cut off itself, keeps the others'
 /// viewers as last heard, and once NATS is back their whole presence corrects it — a viewer who
-/// left meanwhile is a leave then.
+/// left meanwhile is a leave then. The outage is a NATS that is gone (connections cut) …
 #[actix_web::test]
 async fn a_nats_outage_makes_no_false_leave_and_join() {
+    outage_makes_no_false_pair(Outage::Stopped).await;
+}
+
+/// … or one that hangs with every connection open (a blackholed network): the nodes' clients
+/// think they are connected, but nobody hears anybody, this node itself included.
+#[actix_web::test]
+async fn a_hung_nats_makes_no_false_leave_and_join() {
+    outage_makes_no_false_pair(Outage::Hung).await;
+}
+
+enum Outage {
+    Stopped,
+    Hung,
+}
+
+async fn outage_makes_no_false_pair(outage: Outage) {
     let Some(mut nats) = OwnNats::start() else { return };
     let Some(db) = postgres_db() else { return };
     create_admin_cli(&db.url(), ADMIN);
@@ -670,9 +695,14 @@ async fn a_nats_outage_makes_no_false_leave_and_join() {
         kind.starts_with("viewer_") || kind == "station_announcement"
     };
 
-    nats.stop();
-    for server in [&a, &b] {
-        assert_eq!(wait_backplane(server, "down").await["backplane"], "down");
+    match outage {
+        Outage::Stopped => {
+            nats.stop();
+            for server in [&a, &b] {
+                assert_eq!(wait_backplane(server, "down").await["backplane"], "down");
+            }
+        }
+        Outage::Hung => nats.signal("STOP"),
     }
     // Longer than the time-to-live and its check: a node that expired its peers would have.
     tokio::time::sleep(Duration::from_secs(9)).await;
@@ -688,9 +718,14 @@ async fn a_nats_outage_makes_no_false_leave_and_join() {
     assert_eq!(first["type"], "station_announcement", "told before it: {first}");
     assert_eq!(admin.get(&presence).await["viewers"], 2, "kept as last heard");
 
-    nats.resume().unwrap();
-    for server in [&a, &b] {
-        assert_eq!(wait_backplane(server, "ok").await["backplane"], "ok");
+    match outage {
+        Outage::Stopped => {
+            nats.resume().unwrap();
+            for server in [&a, &b] {
+                assert_eq!(wait_backplane(server, "ok").await["backplane"], "ok");
+            }
+        }
+        Outage::Hung => nats.signal("CONT"),
     }
     drop(on_b);
     let left = staff.until(notice).await;
