@@ -222,7 +222,14 @@ export class SwapcastClient {
     this.pendingToken = token;
     socket.onmessage = (event) => this.received(socket, event.data);
     socket.onclose = (event) => this.closed(socket, event);
-    socket.onerror = () => {}; // a close follows; its code says what happened
+    socket.onerror = () => {
+      // A close follows, with the code that says what happened — except in Node 20, whose
+      // WebSocket reports a connection that failed to open with an error alone: count it as
+      // closed (1006) if no close came.
+      this.later(250, () => {
+        if (socket === this.socket && socket.readyState !== 1) this.closed(socket, { code: 1006, reason: "" });
+      });
+    };
   }
 
   closed(socket, event) {

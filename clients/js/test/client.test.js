@@ -45,12 +45,7 @@ function closes(client) {
 }
 
 function opened(client) {
-  return new Promise((resolve) => {
-    const off = client.on("open", () => {
-      off();
-      resolve();
-    });
-  });
+  return until(() => client.ready, "the client to be open again");
 }
 
 test("resumes across a server restart: nothing lost, nothing twice, no second snapshot", async (t) => {
