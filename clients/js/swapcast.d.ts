@@ -153,5 +153,7 @@ export declare class SwapcastClient {
   subscribe(channel: string, handler?: (message: ChannelMessage) => void): () => void;
   request<T = any>(action: string, data?: Record<string, unknown>, options?: { timeout?: number }): Promise<T>;
   presence(channel: string, options?: { timeout?: number }): Promise<Presence>;
+  /** Sends text as it is (a console's escape hatch); false if not connected. */
+  sendRaw(text: string): boolean;
   announce(stationId: number, message: string, level?: "info" | "success" | "warning" | "error"): Promise<unknown>;
 }

@@ -573,6 +573,14 @@ export class SwapcastClient {
     });
   }
 
+  /** Sends `text` as it is — a console's way to try what the client would not send. False if not connected. */
+  sendRaw(text) {
+    if (!this.socket || this.socket.readyState !== 1) return false;
+    this.emit("frame", { direction: "out", data: text });
+    this.socket.send(text);
+    return true;
+  }
+
   /** Tells everyone at a station (staff only): the `station_announcement` event. */
   announce(stationId, message, level) {
     return this.request("announce", { station_id: stationId, message, level });

@@ -40,6 +40,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Every HTTP route, declared once. Paths are matched without a trailing slash (the app trims it).
 pub fn routes(r: &mut impl Router) {
     r.route(Method::GET, "/", dashboard::page)
+        .route(Method::GET, "/client.js", dashboard::client)
+        .route(Method::GET, "/console", dashboard::console)
         .route(Method::GET, "/healthz", health::healthz)
         .route(Method::GET, "/readyz", health::readyz)
         .route(Method::GET, "/metrics", health::metrics)

@@ -1,5 +1,6 @@
-//! The dashboard (`GET /`) in a real browser: headless Chromium driven over WebDriver
-//! (chromedriver), against the real server.
+//! The dashboard (`GET /`) and the protocol console (`GET /console`) in a real browser: headless
+//! Chromium driven over WebDriver (chromedriver), against the real server. Both are built on the
+//! client library the server serves at `/client.js`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); without them these
 //! tests skip with a printed reason, except under `CI=true`, where they fail.
@@ -673,4 +674,104 @@ async fn the_dashboard_keeps_twelve_thousand_stations_live_with_few_rows_in_the_
         return rows > 10 && rows < 200;"##;
     assert_eq!(browser.until(few, json!([]), &json!(true)).await, true);
     browser.screenshot_if_asked().await;
+}
+
+/// The frames the console shows, newest first: `[direction, text]`.
+const FRAMES: &str =
+    r##"return [...document.querySelectorAll("#frames li")].map((li) => [li.dataset.direction, li.textContent]);"##;
+/// Fills a field of the console.
+const FILL: &str = r##"const field = document.getElementById(arguments[0]);
+    if (!field) return false;
+    field.value = arguments[1];
+    return true;"##;
+/// Clicks a button of the console.
+const CLICK: &str = r##"const button = document.getElementById(arguments[0]);
+    if (!button) return false;
+    button.click();
+    return true;"##;
+/// Whether a frame seen so far matches: its direction, and text it contains.
+const SAW: &str = r##"return [...document.querySelectorAll("#frames li")]
+    .some((li) => li.dataset.direction === arguments[0] && li.textContent.includes(arguments[1]));"##;
+
+/// The protocol console (`/console`), built on the client library in a real browser: it signs in
+/// with a token, subscribes, sends requests and raw messages, and shows every frame both ways.
+#[actix_web::test]
+async fn the_console_shows_every_frame_both_ways() {
+    let Some(browser) = Browser::start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("console.db").display());
+    create_admin_cli(&url, "console@swapcast.test");
+    let server = ChildServer::start(&url);
+    let admin = ChildAdmin::sign_in(&server, "console@swapcast.test").await;
+    let station = admin.station("Consoled").await;
+    browser.open(&format!("{}/console", server.address())).await;
+    let yes = json!(true);
+    assert_eq!(browser.until(FILL, json!(["token", admin.token]), &yes).await, yes);
+    browser.eval(FILL, json!(["path", "/ws"])).await;
+    browser.eval(CLICK, json!(["connect"])).await;
+    let state = r#"return document.getElementById("state").dataset.state;"#;
+    assert_eq!(browser.until(state, json!([]), &json!("open")).await, "open");
+    // The in-band sign-in went out and was answered.
+    assert_eq!(browser.until(SAW, json!(["out", "\"authenticate\""]), &yes).await, yes);
+    assert_eq!(browser.until(SAW, json!(["in", "\"authenticated\""]), &yes).await, yes);
+
+    let channel = format!("station:{station}");
+    browser.eval(FILL, json!(["channel", channel])).await;
+    browser.eval(CLICK, json!(["subscribe"])).await;
+    assert_eq!(browser.until(SAW, json!(["in", "\"snapshot\""]), &yes).await, yes);
+    admin
+        .post(
+            &format!("/api/stations/{station}/batteries"),
+            json!({"serial": "CONSOLE-1", "model": "M"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(browser.until(SAW, json!(["in", "\"battery_added\""]), &yes).await, yes);
+
+    // A request and its answer, shown as the client resolved it.
+    browser
+        .eval(FILL, json!(["data", format!("{{\"station_id\":{station}}}")]))
+        .await;
+    browser.eval(FILL, json!(["action", "get_station"])).await;
+    browser.eval(CLICK, json!(["send"])).await;
+    let result = r#"const r = document.getElementById("result"); return r.dataset.ok === "true" && r.textContent.includes("Consoled");"#;
+    assert_eq!(browser.until(result, json!([]), &yes).await, yes);
+    // An error, typed with the contract's code.
+    browser.eval(FILL, json!(["data", "{\"station_id\":999999}"])).await;
+    browser.eval(CLICK, json!(["send"])).await;
+    let failed = r#"const r = document.getElementById("result"); return r.dataset.ok === "false" && r.textContent.includes("not_found");"#;
+    assert_eq!(browser.until(failed, json!([]), &yes).await, yes);
+    // A raw message the client would never send, and the server's answer to it.
+    browser.eval(FILL, json!(["raw", "{not json"])).await;
+    browser.eval(CLICK, json!(["send-raw"])).await;
+    assert_eq!(browser.until(SAW, json!(["in", "Invalid JSON"]), &yes).await, yes);
+    let frames = browser.eval(FRAMES, json!([])).await;
+    assert!(frames.as_array().is_some_and(|f| f.len() >= 8), "{frames}");
+}
+
+/// `/client.js` is the client library's own file, byte for byte: one source for the npm package
+/// and the pages.
+#[actix_web::test]
+async fn the_client_library_is_served_from_its_one_source() {
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/client.js")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js/swapcast.js")).unwrap();
+    assert_eq!(response.text().await.unwrap(), source);
+    for page in ["/", "/console"] {
+        let html = app
+            .client
+            .get(app.url(page))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains(r#"from "/client.js""#), "{page} is built on the client");
+    }
 }
