@@ -263,3 +263,87 @@ test("backoff: full jitter under a ceiling that doubles up to the maximum", () =
   assert.equal(backoffDelay(10, options, () => 0.999), 999, "capped");
   assert.equal(backoffDelay(50, options, () => 0), 0);
 });
+
+test("a resume from events no longer kept tells the app (resume_expired) and starts from a snapshot", async (t) => {
+  const server = await Server.start({ SWAPCAST_EVENT_RETENTION: "1" });
+  const proxy = await Proxy.start(server.port);
+  t.after(async () => {
+    await proxy.close();
+    await server.close();
+  });
+  const station = await server.station("Forgetful");
+  const client = new SwapcastClient({ url: proxy.address, backoff: { base: 100, max: 500 } });
+  t.after(() => client.close());
+  const expired = [];
+  client.on("resume_expired", (e) => expired.push(e));
+  const seen = record(client, `station:${station}`);
+  await until(() => snapshots(seen) === 1, "the snapshot");
+  const position = seen[0].last_event_id;
+
+  proxy.refuse();
+  proxy.cut();
+  await server.batteries(station, "forgotten", 2);
+  // Past the retention, and swept.
+  await until(async () => (await server.eventIds(station, position)).length === 0, "the events to be swept");
+  proxy.accept();
+  await until(() => snapshots(seen) === 2, "a second snapshot");
+  assert.deepEqual(expired, [{ channel: `station:${station}` }]);
+  const latest = seen.filter((m) => m.action === "snapshot").at(-1);
+  assert.equal(latest.total_batteries, 2, "the snapshot has what the lost events did");
+  assert.deepEqual(ids(seen), [], "no event delivered: they were gone");
+});
+
+test("reconnects at once when the browser says it is back online, not after the backoff", async (t) => {
+  const server = await Server.start();
+  const proxy = await Proxy.start(server.port);
+  t.after(async () => {
+    await proxy.close();
+    await server.close();
+  });
+  // A browser's window, for the client's "online" listener.
+  const window = new EventTarget();
+  globalThis.addEventListener = window.addEventListener.bind(window);
+  globalThis.removeEventListener = window.removeEventListener.bind(window);
+  t.after(() => {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  });
+  // Every backoff as long as it gets: only "online" can bring it back within the test.
+  const client = new SwapcastClient({ url: proxy.address, backoff: { base: 60000, max: 60000 }, random: () => 0.999 });
+  t.after(() => client.close());
+  const drops = closes(client);
+  await until(() => client.ready, "connected");
+  proxy.cut();
+  await until(() => drops.length === 1, "the drop");
+  assert.ok(drops[0].reconnectIn > 50000, JSON.stringify(drops[0]));
+  window.dispatchEvent(new Event("online"));
+  await until(() => client.ready, "back at once", 10000);
+});
+
+test("presence and announcements through the client", async (t) => {
+  const server = await Server.start();
+  t.after(() => server.close());
+  const operator = await server.user("operator");
+  const station = await server.station("Announced", operator);
+  const viewer = new SwapcastClient({ url: server.address });
+  t.after(() => viewer.close());
+  const seen = record(viewer, `station:${station}`);
+  await until(() => snapshots(seen) === 1, "the viewer's snapshot");
+  const staff = new SwapcastClient({ url: server.address, getToken: () => operator.access_token });
+  t.after(() => staff.close());
+  const notices = record(staff, `station:${station}`);
+  const present = await staff.presence(`station:${station}`);
+  assert.equal(present.viewers >= 1, true, JSON.stringify(present));
+  assert.ok(Array.isArray(present.signed_in), "staff see who");
+  const anonymous = await viewer.presence(`station:${station}`);
+  assert.equal(anonymous.signed_in, undefined, "others see the count alone");
+  await assert.rejects(viewer.presence("station:999999"), { code: "not_found" });
+
+  await staff.announce(station, "Closed for maintenance in 10 minutes", "warning");
+  await until(() => seen.some((m) => m.type === "station_announcement"), "the announcement");
+  const told = seen.find((m) => m.type === "station_announcement");
+  assert.equal(told.message, "Closed for maintenance in 10 minutes");
+  assert.equal(told.level, "warning");
+  assert.equal(typeof told.event_id, "number", "an event: resumable");
+  await until(() => notices.some((m) => m.type === "station_announcement"), "staff hear it too");
+});

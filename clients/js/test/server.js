@@ -244,6 +244,15 @@ export class Proxy {
     this.refusing = true;
   }
 
+  /** Breaks every connection through the proxy now (no close frame: the network failed). */
+  cut() {
+    for (const pipe of this.pipes) {
+      pipe.client.destroy();
+      pipe.upstream.destroy();
+    }
+    this.pipes.clear();
+  }
+
   accept() {
     this.refusing = false;
   }
