@@ -330,6 +330,7 @@ export class SwapcastClient {
       this.healthyTimer = null;
     });
     if (!this.multiplexed) {
+      this.expiredInARow = 0;
       if (this.feed.position === null) this.feed.position = message.last_event_id ?? null;
       this.becomeReady();
       return;
