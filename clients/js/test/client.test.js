@@ -38,6 +38,17 @@ async function deliveredExactly(server, seen, station, after) {
   return expected;
 }
 
+/** A server with a proxy in front, both gone when the test ends. */
+async function proxied(t, env = {}) {
+  const server = await Server.start(env);
+  const proxy = await Proxy.start(server.port);
+  t.after(async () => {
+    await proxy.close();
+    await server.close();
+  });
+  return { server, proxy };
+}
+
 function closes(client) {
   const seen = [];
   client.on("close", (close) => seen.push(close));
@@ -49,12 +60,7 @@ function opened(client) {
 }
 
 test("resumes across a server restart: nothing lost, nothing twice, no second snapshot", async (t) => {
-  const server = await Server.start();
-  const proxy = await Proxy.start(server.port);
-  t.after(async () => {
-    await proxy.close();
-    await server.close();
-  });
+  const { server, proxy } = await proxied(t);
   const station = await server.station("Restarted");
   const client = new SwapcastClient({ url: proxy.address, backoff: { base: 100, max: 1000 } });
   t.after(() => client.close());
@@ -82,12 +88,7 @@ test("resumes across a server restart: nothing lost, nothing twice, no second sn
 });
 
 test("resumes across a 1013 close of a reader that stopped: nothing lost, nothing twice", async (t) => {
-  const server = await Server.start({ SWAPCAST_HEARTBEAT: "1" });
-  const proxy = await Proxy.start(server.port);
-  t.after(async () => {
-    await proxy.close();
-    await server.close();
-  });
+  const { server, proxy } = await proxied(t, { SWAPCAST_HEARTBEAT: "1" });
   const station = await server.station("Slow reader");
   const client = new SwapcastClient({ url: proxy.address, backoff: { base: 100, max: 1000 } });
   t.after(() => client.close());
@@ -186,12 +187,7 @@ test("a refused token stops the client and tells the app; it does not retry", as
 });
 
 test("requests resolve with their data, fail with the contract's codes, and time out", async (t) => {
-  const server = await Server.start();
-  const proxy = await Proxy.start(server.port);
-  t.after(async () => {
-    await proxy.close();
-    await server.close();
-  });
+  const { server, proxy } = await proxied(t);
   const driver = await server.user();
   const station = await server.station("Requested");
   await server.batteries(station, "bookable", 1);
@@ -265,12 +261,7 @@ test("backoff: full jitter under a ceiling that doubles up to the maximum", () =
 });
 
 test("a resume from events no longer kept tells the app (resume_expired) and starts from a snapshot", async (t) => {
-  const server = await Server.start({ SWAPCAST_EVENT_RETENTION: "1" });
-  const proxy = await Proxy.start(server.port);
-  t.after(async () => {
-    await proxy.close();
-    await server.close();
-  });
+  const { server, proxy } = await proxied(t, { SWAPCAST_EVENT_RETENTION: "1" });
   const station = await server.station("Forgetful");
   const client = new SwapcastClient({ url: proxy.address, backoff: { base: 100, max: 500 } });
   t.after(() => client.close());
@@ -294,12 +285,7 @@ test("a resume from events no longer kept tells the app (resume_expired) and sta
 });
 
 test("reconnects at once when the browser says it is back online, not after the backoff", async (t) => {
-  const server = await Server.start();
-  const proxy = await Proxy.start(server.port);
-  t.after(async () => {
-    await proxy.close();
-    await server.close();
-  });
+  const { server, proxy } = await proxied(t);
   // A browser's window, for the client's "online" listener.
   const window = new EventTarget();
   globalThis.addEventListener = window.addEventListener.bind(window);

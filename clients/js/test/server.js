@@ -258,10 +258,7 @@ export class Proxy {
   }
 
   close() {
-    for (const pipe of this.pipes) {
-      pipe.client.destroy();
-      pipe.upstream.destroy();
-    }
+    this.cut();
     return new Promise((resolve) => this.listener.close(resolve));
   }
 }
