@@ -303,7 +303,14 @@ async fn a_channel_left_while_a_renewal_rechecks_stays_left() {
                 answered.1 = true;
             }
         }
-        // Another renewal round trip: the first one's re-check has had its turn.
+        // The leave reaches presence a hop after `unsubscribed` is sent: wait for it; then
+        // another renewal round trip, and the first one's re-check has had its turn.
+        let mut waited = 0;
+        while presence(&app, station, None).await["viewers"] != 0 {
+            waited += 1;
+            assert!(waited < 500, "the channel left is still counted");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         viewer
             .send_text(&json!({"type": "authenticate", "token": fresh.token}).to_string())
             .await;
