@@ -313,7 +313,9 @@ export class SwapcastClient {
       case "unsubscribed": {
         const state = this.channels.get(message.channel);
         if (state?.discarding) state.discarding = false;
-        else if (message.reason) this.dropped(message);
+        // `signed_in_again`: the token of another user came back from getToken; the client
+        // starts over as that user itself (see signedIn) and keeps the channels.
+        else if (message.reason && message.reason !== "signed_in_again") this.dropped(message);
         return;
       }
     }

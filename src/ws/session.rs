@@ -472,9 +472,20 @@ impl WsSession {
             // A renewal keeps the subscriptions, but checks them again as the account is now.
             ctx.notify(ToSession::Recheck);
         } else {
+            // Another user starts over: nothing decided for the last one carries over. Each
+            // channel left is said, so a client that subscribed before signing in knows to
+            // subscribe again (the `authenticated` that follows lists what is made anew).
             let channels = self.out().channels();
             for channel in channels {
                 self.leave(channel);
+                self.reply(
+                    ctx,
+                    ServerMessage::Unsubscribed {
+                        channel: channel.name(),
+                        reason: Some("signed_in_again"),
+                        message: Some("Signed in as another user: subscriptions start over".into()),
+                    },
+                );
             }
         }
         // Changes to this user (and the end of this sign-in session) must find this connection,

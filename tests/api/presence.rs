@@ -406,3 +406,37 @@ async fn a_subscribe_sent_right_after_authenticate_is_made_as_the_new_user() {
     expected.sort();
     assert_eq!(ids(&seen), expected, "counted as the users they signed in as");
 }
+
+/// Signing in as another user starts the subscriptions over, and says so: each channel held is
+/// dropped with `unsubscribed` (`signed_in_again`), never silently, and presence follows.
+#[actix_web::test]
+async fn signing_in_as_another_user_says_which_channels_it_dropped() {
+    let app = spawn_app().await;
+    let station = app.station("Left behind", None).await;
+    let channel = format!("station:{station}");
+    let driver = app.user("user").await;
+    let (mut client, _) = Client::open(&app, "/ws", None).await;
+    client.subscribe_station(station).await;
+    assert_eq!(presence(&app, station, None).await["viewers"], 1);
+    client
+        .send_text(&json!({"type": "authenticate", "token": driver.token}).to_string())
+        .await;
+    let dropped = client.until(|m| m["type"] == "unsubscribed").await;
+    assert_eq!(
+        (&dropped["channel"], &dropped["reason"]),
+        (&json!(channel), &json!("signed_in_again")),
+        "{dropped}"
+    );
+    let authenticated = client.until(|m| m["type"] == "authenticated").await;
+    assert_eq!(authenticated["subscriptions"], json!(["notifications"]));
+    let mut waited = 0;
+    while presence(&app, station, None).await["viewers"] != 0 {
+        waited += 1;
+        assert!(waited < 500, "the dropped channel is still counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Subscribing again is as the new user.
+    client.subscribe_station(station).await;
+    let seen = presence(&app, station, Some(&app.admin.token)).await;
+    assert_eq!(ids(&seen), vec![driver.id], "{seen}");
+}
