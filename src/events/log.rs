@@ -141,9 +141,43 @@ pub fn can_resume_from(conn: &mut DbConn, after: i64) -> Result<bool> {
     Ok(oldest.map_or(after == latest, |oldest| oldest <= after + 1))
 }
 
-/// Forgets events committed before `cutoff` (unix ms); returns how many.
+/// Forgets the events committed before `cutoff` (unix ms); returns how many.
+///
+/// The log always loses a prefix of its ids, never an event in the middle: what goes is every id
+/// up to the newest one written before the cutoff, found by a binary search over ids (a few
+/// primary-key reads). Ids and commit times rise together, and where two nodes' clocks disagree a
+/// little the cut moves by that much but still leaves no hole — so a resume that
+/// [`can_resume_from`] allows finds every event after it. It also spares every event insert an
+/// index on `created_at`.
 pub fn prune(conn: &mut DbConn, cutoff: i64) -> Result<usize> {
-    Ok(diesel::delete(events::table.filter(events::created_at.lt(cutoff))).execute(conn)?)
+    let span: (Option<i64>, Option<i64>) = events::table
+        .select((diesel::dsl::min(events::id), diesel::dsl::max(events::id)))
+        .first(conn)?;
+    let (Some(oldest), Some(newest)) = span else {
+        return Ok(0);
+    };
+    // The time of the first event at or after `id` (ids are contiguous; this holds even if not).
+    let mut written_at = |id: i64| -> Result<i64> {
+        Ok(events::table
+            .filter(events::id.ge(id))
+            .order(events::id.asc())
+            .select(events::created_at)
+            .first(conn)?)
+    };
+    if written_at(oldest)? >= cutoff {
+        return Ok(0);
+    }
+    // The newest id known to be before the cutoff, and the newest that may be.
+    let (mut before, mut upto) = (oldest, newest);
+    while before < upto {
+        let mid = before + (upto - before + 1) / 2;
+        if written_at(mid)? < cutoff {
+            before = mid;
+        } else {
+            upto = mid - 1;
+        }
+    }
+    Ok(diesel::delete(events::table.filter(events::id.le(before))).execute(conn)?)
 }
 
 /// The newest committed event id (0 before the first event).
@@ -168,4 +202,58 @@ fn decode(row: EventRow) -> Result<Event> {
         audience,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db;
+    use crate::domain::values::StationStatus;
+
+    fn event() -> (Audience, EventBody) {
+        (
+            Audience::Station(StationId(1)),
+            EventBody::StationStatus {
+                station_id: StationId(1),
+                station_name: "probe".into(),
+                status: StationStatus::Online,
+                message: String::new(),
+            },
+        )
+    }
+
+    fn ids(conn: &mut DbConn) -> Vec<i64> {
+        after(conn, 0, 1_000).unwrap().iter().map(|e| e.id.0).collect()
+    }
+
+    /// Pruning forgets exactly the events written before the cutoff, and when a clock stepped back
+    /// (two nodes that disagree) it still takes a prefix: no event after the cut is ever missing.
+    #[test]
+    fn pruning_takes_a_prefix_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&dir.path().join("p.db").display().to_string(), Some(1)).unwrap();
+        let mut conn = pool.get().unwrap();
+        db::migrate(&mut conn).unwrap();
+        assert_eq!(prune(&mut conn, i64::MAX).unwrap(), 0, "an empty log");
+        for at in [100, 100, 200, 300, 300, 300, 400] {
+            append(&mut conn, at, vec![event()]).unwrap();
+        }
+        assert_eq!(prune(&mut conn, 100).unwrap(), 0, "nothing before the first");
+        assert_eq!(prune(&mut conn, 300).unwrap(), 3);
+        assert_eq!(ids(&mut conn), vec![4, 5, 6, 7]);
+        assert!(can_resume_from(&mut conn, 3).unwrap());
+        assert!(!can_resume_from(&mut conn, 2).unwrap());
+        // A second node's clock behind: event 10 says 250, after one that says 600. Deleting by
+        // time alone would take 10 and keep 9, a hole a resume from 8 would never see.
+        for at in [500, 600, 250] {
+            append(&mut conn, at, vec![event()]).unwrap();
+        }
+        prune(&mut conn, 550).unwrap();
+        let left = ids(&mut conn);
+        let first = left[0];
+        assert_eq!(left, (first..=10).collect::<Vec<_>>(), "a suffix of the ids");
+        assert_eq!(first, 9, "the cut stops at 9 (600), and 10 stays with it");
+        assert_eq!(prune(&mut conn, i64::MAX).unwrap(), 2);
+        assert!(ids(&mut conn).is_empty());
+    }
 }
