@@ -83,6 +83,10 @@ pub struct WsSession {
     peer_gone: bool,
     /// The close at the token's `exp` (4002) and, on `/ws`, the `token_expiring` before it.
     expiry: Vec<SpawnHandle>,
+    /// The `exp` a `token_expiring` was sent for: a renewal with a token that expires no later is
+    /// not warned about again (a client with no fresher token would otherwise be told at once,
+    /// renew with the same token, and be told again, in a loop).
+    warned_for: Option<i64>,
     /// An in-band `authenticate` is being checked: what the client sends meanwhile waits, so it
     /// is handled as the identity the client asked for (a `subscribe` sent right after
     /// `authenticate` must not be made anonymously, then dropped by the sign-in).
@@ -146,6 +150,7 @@ impl WsSession {
             registry,
             peer_gone: false,
             expiry: Vec::new(),
+            warned_for: None,
             signing_in: false,
             sign_ins: 0,
             after_sign_in: VecDeque::new(),
@@ -560,13 +565,15 @@ impl WsSession {
                 "Token expired; refresh and reconnect",
             )
         }));
-        if self.tagged() {
+        let warned = self.warned_for.is_some_and(|at| credentials.expires_at <= at);
+        if self.tagged() && !warned {
             let lifetime = (credentials.expires_at - credentials.issued_at).max(0) as u64;
             let lead = Duration::from_secs(TOKEN_EXPIRING_LEAD_SECS.min(lifetime / 2).max(1));
             let expires_at = credentials.expires_at;
             self.expiry
                 .push(ctx.run_later(left.saturating_sub(lead), move |this, ctx| {
                     let expires_in = ((expires_at * 1000 - now_ms()).max(0) + 999) / 1000;
+                    this.warned_for = Some(expires_at);
                     this.reply(ctx, ServerMessage::TokenExpiring { expires_in });
                 }));
         }

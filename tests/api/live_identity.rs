@@ -318,8 +318,9 @@ async fn a_renewed_connection_lives_on_and_anonymous_ones_never_expire() {
     assert_eq!(anonymous.next_json().await["type"], "connection_established");
     let mut client = connect(app, "/ws", Via::Header, &who, "").await;
     until(&mut client, |m| m["type"] == "token_expiring").await;
-    // Half a second after the warning, renew: the new token outlives the old one's exp.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A second after the warning, renew: the new token outlives the old one's exp (`exp` is
+    // in whole seconds, and a renewal that expires no later is not warned about again).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let renewed = sign_in(app, &email).await;
     client
         .send_text(&json!({"type": "authenticate", "token": renewed.access}).to_string())
@@ -336,6 +337,37 @@ async fn a_renewed_connection_lives_on_and_anonymous_ones_never_expire() {
     assert_eq!(client.close_code().await, Some(4002));
     // The anonymous feed outlived both tokens.
     answers(&mut anonymous).await;
+}
+
+/// A client with no fresher token renews with the one it has: it is told `token_expiring` once,
+/// not again after each such renewal (which would be a loop of warnings and renewals), and the
+/// connection closes with 4002 at `exp`.
+#[actix_web::test]
+async fn renewing_with_the_same_token_is_not_warned_again() {
+    let app = &scene(Some(4)).await;
+    let (_, who) = subject(app, "user").await;
+    let mut client = connect(app, "/ws", Via::Header, &who, "").await;
+    until(&mut client, |m| m["type"] == "token_expiring").await;
+    let mut renewals = 0;
+    loop {
+        client
+            .send_text(&json!({"type": "authenticate", "token": who.access}).to_string())
+            .await;
+        until(&mut client, |m| m["type"] == "authenticated").await;
+        renewals += 1;
+        if renewals == 3 {
+            break;
+        }
+    }
+    // Everything after the renewals up to the close: no second warning.
+    loop {
+        let message = client.next().await;
+        if let Some(code) = message.get("close") {
+            assert_eq!(code, 4002, "{message}");
+            break;
+        }
+        assert_ne!(message["type"], "token_expiring", "{message}");
+    }
 }
 
 /// Logout ends one sign-in session; the user's others go on. `?all=true` ends every one.
