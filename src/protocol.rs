@@ -65,10 +65,13 @@ pub enum ClientMessage {
         #[serde(default)]
         channel: Option<Value>,
     },
-    /// Who watches a station's channel (§4.5).
+    /// Who watches a station's channel (§4.5). A `request_id`, if given, comes back with the
+    /// answer, so a client can tell a late answer from the one to its next question.
     Presence {
         #[serde(default)]
         channel: Option<Value>,
+        #[serde(default)]
+        request_id: Option<Value>,
     },
     Request {
         #[serde(default)]
@@ -186,6 +189,8 @@ pub enum ServerMessage<'a> {
     },
     /// A station's presence; `signed_in` for its staff only.
     Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a Value>,
         channel: String,
         viewers: usize,
         #[serde(skip_serializing_if = "Option::is_none")]

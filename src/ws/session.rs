@@ -396,7 +396,9 @@ impl WsSession {
                 self.on_subscribe(channel, last_event_id, ctx)
             }
             (ClientMessage::Unsubscribe { channel }, Kind::Multiplexed) => self.on_unsubscribe(channel, ctx),
-            (ClientMessage::Presence { channel }, Kind::Multiplexed) => self.on_presence(channel, ctx),
+            (ClientMessage::Presence { channel, request_id }, Kind::Multiplexed) => {
+                self.on_presence(channel, request_id, ctx)
+            }
             (
                 ClientMessage::Request {
                     request_id,
@@ -629,7 +631,7 @@ impl WsSession {
 
     /// Who watches a station's channel, as this caller may see it (the rule of `GET
     /// /api/stations/{id}/presence`); it need not be subscribed.
-    fn on_presence(&mut self, channel: Option<Value>, ctx: &mut Ctx) {
+    fn on_presence(&mut self, channel: Option<Value>, request_id: Option<Value>, ctx: &mut Ctx) {
         let Some(channel) = self.channel_of(channel, ctx) else {
             return;
         };
@@ -658,6 +660,7 @@ impl WsSession {
                 Ok(visible) => this.reply(
                     ctx,
                     ServerMessage::Presence {
+                        request_id: request_id.as_ref(),
                         channel: channel.name(),
                         viewers: visible.viewers,
                         signed_in: visible.signed_in.as_deref(),

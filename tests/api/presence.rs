@@ -244,6 +244,13 @@ async fn the_ws_presence_message_answers_like_rest_and_refuses_bad_input() {
     anonymous.send_text(&ask(json!(channel))).await;
     let counted = anonymous.until(|m| m["type"] == "presence").await;
     assert_eq!(counted, json!({"type": "presence", "channel": channel, "viewers": 2}));
+    // A `request_id` comes back with the answer, whatever JSON it is.
+    for id in [json!("p1"), json!(7)] {
+        let asked = json!({"type": "presence", "channel": channel, "request_id": id});
+        anonymous.send_text(&asked.to_string()).await;
+        let answered = anonymous.until(|m| m["type"] == "presence").await;
+        assert_eq!(answered["request_id"], id, "{answered}");
+    }
 
     for (bad, code) in [
         (json!("station:999999"), "not_found"),
