@@ -32,3 +32,8 @@ export declare function useStationWebSocket(
   stationId: null | undefined,
   options?: HookOptions,
 ): StationWebSocket<Record<number, Inventory>>;
+/** A station that may not be chosen yet: one station's counts, or every station's by id. */
+export declare function useStationWebSocket(
+  stationId: number | null | undefined,
+  options?: HookOptions,
+): StationWebSocket<Inventory | Record<number, Inventory>>;

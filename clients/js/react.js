@@ -28,33 +28,42 @@ function countsOf(message) {
  *   resumeExpired: boolean, error: Error|null}}
  */
 export function useStationWebSocket(stationId, options = {}) {
-  const [inventory, setInventory] = useState(null);
+  const all = stationId === null || stationId === undefined;
+  const channel = all ? "stations" : `station:${stationId}`;
+  // Everything the hook shows belongs to one channel: after a change of station, what was
+  // kept for the last one is not shown, not even for the one render before the effect runs.
+  const blank = { channel, inventory: null, events: [], resumeExpired: false, error: null };
+  const [view, setView] = useState(blank);
   const [isConnected, setIsConnected] = useState(false);
-  const [events, setEvents] = useState([]);
-  const [resumeExpired, setResumeExpired] = useState(false);
-  const [error, setError] = useState(null);
   const shared = options.client;
 
   useEffect(() => {
     const own = !shared;
     const client = shared ?? new SwapcastClient(options);
-    const keep = options.keep ?? 50;
-    const all = stationId === null || stationId === undefined;
-    const channel = all ? "stations" : `station:${stationId}`;
-    setInventory(null);
-    setEvents([]);
+    const keep = Math.max(0, options.keep ?? 50);
+    // Changes to this channel's view; none once the hook moved on to another.
+    const update = (change) => setView((before) => (before.channel === channel ? { ...before, ...change(before) } : before));
+    setView({ channel, inventory: null, events: [], resumeExpired: false, error: null });
     setIsConnected(client.ready);
     const offs = [
       client.on("open", () => setIsConnected(true)),
       client.on("close", () => setIsConnected(false)),
-      client.on("stopped", ({ code, reason }) => setError(Object.assign(new Error(reason || `closed ${code}`), { code }))),
-      client.on("resume_expired", ({ channel: expired }) => expired === channel && setResumeExpired(true)),
+      client.on("stopped", ({ code, reason }) =>
+        update(() => ({ error: Object.assign(new Error(reason || `closed ${code}`), { code }) })),
+      ),
+      client.on("resume_expired", ({ channel: expired }) => expired === channel && update(() => ({ resumeExpired: true }))),
     ];
     const unsubscribe = client.subscribe(channel, (message) => {
-      if (message.type === "error") return setError(Object.assign(new Error(message.message), { code: message.code }));
+      if (message.type === "error") {
+        return update(() => ({ error: Object.assign(new Error(message.message), { code: message.code }) }));
+      }
       const counts = countsOf(message);
-      if (counts) setInventory((before) => (all ? { ...before, [message.station_id]: counts } : counts));
-      if (message.action !== "snapshot") setEvents((before) => [...before, message].slice(-keep));
+      if (counts) {
+        update((before) => ({ inventory: all ? { ...before.inventory, [message.station_id]: counts } : counts }));
+      }
+      if (message.action !== "snapshot" && keep > 0) {
+        update((before) => ({ events: [...before.events, message].slice(-keep) }));
+      }
     });
     return () => {
       unsubscribe();
@@ -65,5 +74,13 @@ export function useStationWebSocket(stationId, options = {}) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [stationId, shared]);
 
-  return { inventory, isConnected, events, lastEvent: events.at(-1) ?? null, resumeExpired, error };
+  const shown = view.channel === channel ? view : blank;
+  return {
+    inventory: shown.inventory,
+    isConnected,
+    events: shown.events,
+    lastEvent: shown.events.at(-1) ?? null,
+    resumeExpired: shown.resumeExpired,
+    error: shown.error,
+  };
 }

@@ -48,6 +48,8 @@ export type ErrorCode =
   | "not_multiplexed"
   | "token_unavailable"
   | "invalid_frame"
+  | "stopped"
+  | "too_big"
   | (string & {});
 
 export declare class SwapcastError extends Error {
@@ -59,6 +61,8 @@ export declare class SwapcastError extends Error {
   readonly action?: string;
   /** Set for a channel's error. */
   readonly channel?: string;
+  /** Set for `stopped`: the close code with which the server refused the connection. */
+  readonly closeCode?: number;
 }
 
 export interface Backoff {
@@ -92,6 +96,14 @@ export interface ClientOptions {
   random?: () => number;
   /** Connect in the constructor (true). */
   autoConnect?: boolean;
+  /** ms of silence before the client pings (15000). */
+  heartbeat?: number;
+  /** ms after that, with still nothing heard, before the connection is taken for dead and made again (10000). */
+  heartbeatTimeout?: number;
+  /** The pace of what the client sends, under the server's limit (18 a second, bursts of 36). */
+  rateLimit?: { perSecond?: number; burst?: number };
+  /** The server's frame limit in bytes (65536): a larger request fails with `too_big`, unsent. */
+  maxFrame?: number;
 }
 
 export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "closed";

@@ -21,14 +21,34 @@ export const CloseCode = Object.freeze({
 });
 
 /** Closes after which reconnecting cannot help: the app must act (sign in, change station). */
-const FINAL = new Set([CloseCode.INVALID_TOKEN, CloseCode.FORBIDDEN, CloseCode.UNKNOWN_STATION, CloseCode.TOO_BIG]);
+const FINAL = new Set([CloseCode.INVALID_TOKEN, CloseCode.FORBIDDEN, CloseCode.UNKNOWN_STATION]);
+
+/** Channels that open with no snapshot: their position starts where the connection did. */
+const SNAPSHOTLESS = new Set(["notifications", "system"]);
+
+/** How an app's listener that threw is reported: as the browser reports an uncaught error
+ * (without stopping anything), else on the console — never by throwing into the client. */
+function reportListenerError(error) {
+  if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+  else console.error("swapcast: a listener threw", error);
+}
+
+/** Calls an app's listener; one that throws does not keep the message from the others. */
+function call(listener, value) {
+  try {
+    listener(value);
+  } catch (error) {
+    reportListenerError(error);
+  }
+}
 
 /**
  * An error from the server (its `code` is the contract's: `not_found`, `forbidden`,
  * `no_battery_available`, …) or from the client itself: `timeout` (no answer in time),
- * `connection_lost` (the connection closed before the answer; the request may or may not have
- * been carried out), `closed` (the client was closed), `stopped` (the server refused the
- * connection for good: see `closeCode`).
+ * `connection_lost` (the connection closed after the request was sent and before its answer: it
+ * may or may not have been carried out), `closed` (the client was closed), `stopped` (the server
+ * refused the connection for good before the request could be sent: see `closeCode`), `too_big`
+ * (over the server's frame limit: never sent).
  */
 export class SwapcastError extends Error {
   constructor(code, message, details = {}) {
@@ -77,6 +97,13 @@ export class SwapcastClient {
    * @param {number} [options.requestTimeout] ms before a request fails with `timeout` (10000)
    * @param {boolean} [options.renew] renew the token in place when told `token_expiring` (true)
    * @param {() => number} [options.random] the jitter's source (Math.random)
+   * @param {number} [options.heartbeat] ms of silence before the client pings (15000)
+   * @param {number} [options.heartbeatTimeout] ms after that with still nothing heard before the
+   *   connection is taken for dead and made again (10000)
+   * @param {{perSecond?: number, burst?: number}} [options.rateLimit] the pace of what the client
+   *   sends, under the server's limit (18 a second, bursts of 36; the server's default is 20 and 40)
+   * @param {number} [options.maxFrame] the server's frame limit, bytes (65536): a larger request
+   *   is refused here (`too_big`) rather than closing the connection
    */
   constructor(options = {}) {
     this.options = options;
@@ -89,17 +116,28 @@ export class SwapcastClient {
     this.requestTimeout = options.requestTimeout ?? 10000;
     this.random = options.random ?? Math.random;
     this.renew = options.renew ?? true;
+    this.heartbeat = options.heartbeat ?? 15000;
+    this.heartbeatTimeout = options.heartbeatTimeout ?? 10000;
+    this.rateLimit = { perSecond: 18, burst: 36, ...options.rateLimit };
+    this.maxFrame = options.maxFrame ?? 65536;
 
     /** `idle` → `connecting` → `open` → (`reconnecting` → `connecting` → `open`)* → `closed` */
     this.state = "idle";
     this.listeners = new Map();
-    /** Channel name → {position, handlers}: `position` is the newest event id delivered on it. */
+    /** Channel name → {position, handlers, confirmed, latest}: `position` is the newest event id
+     * delivered on it; `confirmed` once the server said this connection's subscription began
+     * (what comes before belongs to an earlier one); `latest` each station's newest counts, for
+     * a handler that joins after the snapshot. */
     this.channels = new Map();
     /** The seed endpoint's one feed (its events have no `channel`). */
     this.feed = { position: null };
     this.pending = new Map();
-    this.presenceWaiters = new Map();
+    /** What waits for the connection to be ready (requests, presence). */
     this.outbox = [];
+    /** What waits for the pace (see `rateLimit`), in order; `budget` what may go at once. */
+    this.paced = [];
+    this.budget = { tokens: 0, at: 0 };
+    this.paceTimer = null;
     this.ready = false;
     this.attempt = 0;
     this.expiredInARow = 0;
@@ -110,6 +148,16 @@ export class SwapcastClient {
     this.retryTimer = null;
     this.user = null;
     this.resumedFrom = null;
+    /** The newest event id when this connection began (the greeting's). */
+    this.startedAt = null;
+    /** The token the server holds for this connection, and whether the last one expired (the
+     * next one asked for is then a refresh: reason `expired`). */
+    this.token = null;
+    this.tokenStale = false;
+    /** Set once the client stopped for good: the close code. */
+    this.stoppedWith = null;
+    this.heardAt = 0;
+    this.heartbeatTimer = null;
     this.onOnline = () => {
       if (this.retryTimer !== null) {
         this.clearTimer(this.retryTimer);
@@ -138,14 +186,7 @@ export class SwapcastClient {
   }
 
   emit(type, value) {
-    for (const listener of [...(this.listeners.get(type) ?? [])]) {
-      try {
-        listener(value);
-      } catch (e) {
-        // An app's listener that throws must not break the connection for the others.
-        setTimeout(() => { throw e; });
-      }
-    }
+    for (const listener of [...(this.listeners.get(type) ?? [])]) call(listener, value);
   }
 
   setState(state) {
@@ -162,15 +203,10 @@ export class SwapcastClient {
     if (this.state === "idle") this.open();
   }
 
-  /** Closes for good: no reconnect; pending requests fail with `closed`. */
+  /** Closes for good: no reconnect; pending requests fail with `closed` (`connection_lost` if sent). */
   close() {
     if (this.state === "closed") return;
-    this.setState("closed");
-    globalThis.removeEventListener?.("online", this.onOnline);
-    for (const timer of this.timers) clearTimeout(timer);
-    this.timers.clear();
-    this.retryTimer = null;
-    this.failPending(new SwapcastError("closed", "the client was closed"));
+    this.shutDown(new SwapcastError("closed", "the client was closed"));
     const socket = this.socket;
     this.socket = null;
     if (socket) {
@@ -194,9 +230,14 @@ export class SwapcastClient {
     this.timers.delete(timer);
   }
 
-  async token(reason) {
+  /** Asks the app for a token: a non-empty string, or null/undefined for none (anonymous). */
+  async askToken(reason) {
     if (!this.options.getToken) return null;
-    return (await this.options.getToken({ reason })) ?? null;
+    const token = (await this.options.getToken({ reason })) ?? null;
+    if (token !== null && (typeof token !== "string" || token === "")) {
+      throw new TypeError(`getToken must give a non-empty string or null, not ${JSON.stringify(token)}`);
+    }
+    return token;
   }
 
   async open(reason = "connect") {
@@ -204,11 +245,13 @@ export class SwapcastClient {
     this.ready = false;
     let token = null;
     try {
-      token = await this.token(reason);
+      // After an expiry every attempt asks for a refresh until a sign-in succeeds.
+      token = await this.askToken(this.tokenStale ? "expired" : reason);
     } catch (e) {
       // The app could not give a token (its refresh failed): try again later, as for a drop.
+      if (this.state === "closed") return;
       this.emit("error", new SwapcastError("token_unavailable", String(e?.message ?? e)));
-      return this.scheduleReconnect({ code: 0, reason: "no token" });
+      return this.scheduleReconnect({ code: 0, reason: "no token" }, { announce: false });
     }
     if (this.state === "closed") return;
     const query = {};
@@ -220,6 +263,7 @@ export class SwapcastClient {
     const socket = new this.WebSocketImpl(socketAddress(this.options.url, this.path, query));
     this.socket = socket;
     this.pendingToken = token;
+    this.watchSilence();
     socket.onmessage = (event) => this.received(socket, event.data);
     socket.onclose = (event) => this.closed(socket, event);
     socket.onerror = () => {
@@ -238,14 +282,14 @@ export class SwapcastClient {
     this.ready = false;
     this.clearTimer(this.healthyTimer);
     this.healthyTimer = null;
-    this.failPending(new SwapcastError("connection_lost", "the connection closed before the answer"));
+    this.clearTimer(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    this.unpace();
+    // What was sent may or may not have been done; what waits still waits for the next connection.
+    this.failSent(new SwapcastError("connection_lost", "the connection closed before the answer"));
     const code = event.code;
-    if (FINAL.has(code)) {
-      this.setState("closed");
-      this.emit("close", { code, reason: event.reason, reconnectIn: null });
-      this.emit("stopped", { code, reason: event.reason });
-      return;
-    }
+    if (FINAL.has(code)) return this.stop(code, event.reason);
+    if (code === CloseCode.TOKEN_EXPIRED) this.tokenStale = true;
     if (code === CloseCode.TOKEN_EXPIRED && this.expiredInARow < 3) {
       // Refresh and come back at once: the token, not the network, was the trouble.
       this.expiredInARow += 1;
@@ -256,22 +300,76 @@ export class SwapcastClient {
     this.scheduleReconnect({ code, reason: event.reason });
   }
 
-  scheduleReconnect({ code, reason }) {
+  /** Stops for good (the server refused the connection or the token): nothing is retried. */
+  stop(code, reason) {
+    this.stoppedWith = code;
+    const stopped = new SwapcastError("stopped", `the server refused the connection (${code}): ${reason}`, { closeCode: code });
+    this.emit("close", { code, reason, reconnectIn: null });
+    this.emit("stopped", { code, reason });
+    this.shutDown(stopped);
+  }
+
+  /** `announce`: whether a connection closed (a `close` event); not when none was made. */
+  scheduleReconnect({ code, reason }, { announce = true } = {}) {
     if (this.state === "closed") return;
     const delay = backoffDelay(this.attempt, this.backoff, this.random);
     this.attempt += 1;
     this.setState("reconnecting");
-    this.emit("close", { code, reason, reconnectIn: delay });
+    if (announce) this.emit("close", { code, reason, reconnectIn: delay });
     this.retryTimer = this.later(delay, () => {
       this.retryTimer = null;
-      this.open(code === CloseCode.TOKEN_EXPIRED ? "expired" : "connect");
+      this.open();
     });
   }
 
+  /** Sends at the pace of `rateLimit`: the server answers a burst beyond its limit with
+   * `rate_limited` and drops the message (a resubscription of many channels would lose some). */
   send(message) {
+    if (this.paced.length === 0 && this.take()) return this.transmit(message);
+    this.paced.push(message);
+    this.schedulePace();
+  }
+
+  transmit(message) {
     const data = JSON.stringify(message);
     this.emit("frame", { direction: "out", data });
+    if (message.type === "request" || message.type === "presence") {
+      const pending = this.pending.get(message.request_id);
+      if (pending) pending.sent = true;
+    }
     this.socket.send(data);
+  }
+
+  /** Takes one message's worth of the budget, refilled at `perSecond` up to `burst`. */
+  take() {
+    const now = Date.now();
+    const { perSecond, burst } = this.rateLimit;
+    this.budget.tokens = Math.min(burst, this.budget.tokens + ((now - this.budget.at) * perSecond) / 1000);
+    this.budget.at = now;
+    if (this.budget.tokens < 1) return false;
+    this.budget.tokens -= 1;
+    return true;
+  }
+
+  schedulePace() {
+    if (this.paceTimer !== null) return;
+    const wait = Math.ceil(1000 / this.rateLimit.perSecond);
+    this.paceTimer = this.later(wait, () => {
+      this.paceTimer = null;
+      if (!this.socket) return;
+      while (this.paced.length && this.take()) this.transmit(this.paced.shift());
+      if (this.paced.length) this.schedulePace();
+    });
+  }
+
+  /** The connection is gone: requests not sent yet wait for the next one (in front, in their
+   * order); the rest (subscriptions, renewals) is made again by the next connection itself. */
+  unpace() {
+    this.clearTimer(this.paceTimer);
+    this.paceTimer = null;
+    const waiting = this.paced.filter((m) => m.type === "request" || m.type === "presence");
+    this.paced = [];
+    this.outbox = [...waiting, ...this.outbox];
   }
 
   /** Sends now if ready, else once the connection is (requests made while reconnecting wait). */
@@ -284,6 +382,7 @@ export class SwapcastClient {
 
   received(socket, data) {
     if (socket !== this.socket) return;
+    this.heardAt = Date.now();
     this.emit("frame", { direction: "in", data });
     let message;
     try {
@@ -303,27 +402,27 @@ export class SwapcastClient {
       case "response":
         return this.answered(message.request_id, (p) => p.resolve(message.data));
       case "presence":
-        if (!message.request_id) return this.presenceReply(message);
-        break;
+        return this.answered(message.request_id, (p) => p.resolve(message));
       case "error":
         return this.serverError(message);
       case "subscribed":
+        return this.confirmed(message.channel);
       case "pong":
         return;
-      case "unsubscribed": {
-        const state = this.channels.get(message.channel);
-        if (state?.discarding) state.discarding = false;
-        // `signed_in_again`: the token of another user came back from getToken; the client
-        // starts over as that user itself (see signedIn) and keeps the channels.
-        else if (message.reason && message.reason !== "signed_in_again") this.dropped(message);
+      case "unsubscribed":
+        // Without a reason: the answer to the client's own unsubscribe. `signed_in_again`: the
+        // token of another user came back from getToken; the client starts over as that user
+        // (see signedIn) and keeps the channels.
+        if (message.reason && message.reason !== "signed_in_again") this.dropped(message);
         return;
-      }
     }
     if (message.channel !== undefined) this.deliver(message.channel, message);
   }
 
   greeted(message) {
     this.setState("open");
+    this.budget = { tokens: this.rateLimit.burst, at: Date.now() };
+    this.startedAt = typeof message.last_event_id === "number" ? message.last_event_id : null;
     this.clearTimer(this.healthyTimer);
     // Only a connection that stays up resets the backoff: one that drops at once (a server
     // restarting, a proxy refusing) keeps backing off.
@@ -333,10 +432,12 @@ export class SwapcastClient {
     });
     if (!this.multiplexed) {
       this.expiredInARow = 0;
+      this.tokenStale = false;
       if (this.feed.position === null) this.feed.position = message.last_event_id ?? null;
       this.becomeReady();
       return;
     }
+    for (const state of this.channels.values()) state.confirmed = false;
     const token = this.pendingToken;
     if (token) {
       // Signs in in band (no token in the URL), resuming the automatic subscriptions from the
@@ -352,6 +453,8 @@ export class SwapcastClient {
 
   signedIn(message) {
     this.expiredInARow = 0;
+    this.tokenStale = false;
+    this.token = this.pendingToken;
     const before = this.user;
     this.user = { id: message.user_id, role: message.role };
     this.emit("authenticated", message);
@@ -374,12 +477,13 @@ export class SwapcastClient {
       const state = this.channels.get(channel);
       if (!state) {
         this.send({ type: "unsubscribe", channel });
-      } else if (state.position === null && this.resumedFrom !== null) {
+      } else if (state.position === null && this.resumedFrom !== null && !SNAPSHOTLESS.has(channel)) {
         // It never had its snapshot, but resumed with the others: make it again, from a
-        // snapshot, and let nothing of the first one through.
-        state.discarding = true;
+        // snapshot; nothing of the first one gets through (it is confirmed by `subscribed`).
         this.send({ type: "unsubscribe", channel });
         this.send({ type: "subscribe", channel });
+      } else {
+        this.confirmed(channel);
       }
     }
     for (const [channel, state] of this.channels) {
@@ -388,13 +492,48 @@ export class SwapcastClient {
     }
   }
 
+  /** The server began this connection's subscription to `channel`: what it sends for the channel
+   * from now on is this subscription's. A channel with no snapshot starts where the connection
+   * did, so that a reconnect resumes it from there (and loses nothing sent meanwhile). */
+  confirmed(channel) {
+    const state = this.channels.get(channel);
+    if (!state) return;
+    state.confirmed = true;
+    if (state.position === null && SNAPSHOTLESS.has(channel)) state.position = this.startedAt;
+  }
+
   /** Drops the connection and opens a new one, resuming every channel. */
-  restart() {
+  restart(event = { code: CloseCode.GOING_AWAY, reason: "restart" }) {
     const socket = this.socket;
     if (!socket) return;
-    this.closed(socket, { code: CloseCode.GOING_AWAY, reason: "restart" });
+    this.closed(socket, event);
     detach(socket);
     socket.close(CloseCode.NORMAL);
+  }
+
+  /** Pings after `heartbeat` of silence; with nothing heard `heartbeatTimeout` later, takes the
+   * connection for dead (a network that drops everything closes nothing) and makes it again. */
+  watchSilence() {
+    this.heardAt = Date.now();
+    this.clearTimer(this.heartbeatTimer);
+    const tick = Math.max(50, Math.min(this.heartbeat, this.heartbeatTimeout) / 2);
+    let pinged = false;
+    const check = () => {
+      this.heartbeatTimer = null;
+      if (!this.socket) return;
+      const silent = Date.now() - this.heardAt;
+      if (silent >= this.heartbeat + this.heartbeatTimeout) {
+        return this.restart({ code: 1006, reason: "no answer to a ping" });
+      }
+      if (silent >= this.heartbeat && !pinged && this.socket.readyState === 1) {
+        pinged = true;
+        this.send({ type: "ping" });
+      } else if (silent < this.heartbeat) {
+        pinged = false;
+      }
+      this.heartbeatTimer = this.later(tick, check);
+    };
+    this.heartbeatTimer = this.later(tick, check);
   }
 
   becomeReady() {
@@ -411,9 +550,18 @@ export class SwapcastClient {
       // A renewal was refused: the connection stands until the token expires (then 4002).
       return this.emit("error", error);
     }
+    if (error.code === "token_expired") {
+      // The token expired while the client was away: refresh it and come back, as after 4002.
+      return this.restart({ code: CloseCode.TOKEN_EXPIRED, reason: error.message });
+    }
     // Signing in was refused: a bad token will not get better by retrying.
-    this.emit("stopped", { code: CloseCode.INVALID_TOKEN, reason: error.message });
-    this.close();
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) {
+      detach(socket);
+      socket.close(CloseCode.NORMAL);
+    }
+    this.stop(CloseCode.INVALID_TOKEN, error.message);
   }
 
   async renewToken() {
@@ -421,11 +569,13 @@ export class SwapcastClient {
     const socket = this.socket;
     let token;
     try {
-      token = await this.token("renew");
+      token = await this.askToken("renew");
     } catch (e) {
       return this.emit("error", new SwapcastError("token_unavailable", String(e?.message ?? e)));
     }
-    if (!token || socket !== this.socket || !this.ready) return;
+    // The same token again renews nothing (the server would close at its `exp` all the same).
+    if (!token || token === this.token || socket !== this.socket || !this.ready) return;
+    this.pendingToken = token;
     this.send({ type: "authenticate", token });
   }
 
@@ -440,20 +590,24 @@ export class SwapcastClient {
     if (message.code === "resume_expired") {
       // The events since this channel's position are gone; a snapshot follows.
       const state = this.channels.get(message.channel);
-      if (state) state.position = null;
+      if (state) {
+        state.position = SNAPSHOTLESS.has(message.channel) ? this.startedAt : null;
+        state.latest.clear();
+      }
       return this.emit("resume_expired", { channel: message.channel });
     }
     if (message.code === "rate_limited" || message.code === "invalid_last_event_id" || !message.channel) {
       return this.emit("error", error);
     }
-    const waiters = this.presenceWaiters.get(message.channel);
-    if (waiters?.length && !this.channels.get(message.channel)?.handlers.size) {
-      return waiters.shift().reject(error);
+    const asked = [...this.pending.entries()].find(([, p]) => p.presenceOf === message.channel && p.sent);
+    if (asked && !this.channels.get(message.channel)?.handlers.size) {
+      // A presence question refused (a refusal carries no request_id): the oldest one asked.
+      return this.answered(asked[0], (p) => p.reject(error));
     }
     // A subscription refused (forbidden, not_found, unknown_channel): not made again.
     const state = this.channels.get(message.channel);
     this.channels.delete(message.channel);
-    for (const handler of state?.handlers ?? []) handler(message);
+    for (const handler of state?.handlers ?? []) call(handler, message);
     this.emit("error", error);
   }
 
@@ -461,7 +615,7 @@ export class SwapcastClient {
     // The server took a subscription away (a role changed): it is not made again.
     const state = this.channels.get(message.channel);
     this.channels.delete(message.channel);
-    for (const handler of state?.handlers ?? []) handler(message);
+    for (const handler of state?.handlers ?? []) call(handler, message);
     this.emit("error", new SwapcastError(message.reason, message.message, { channel: message.channel }));
   }
 
@@ -478,37 +632,54 @@ export class SwapcastClient {
 
   deliver(channel, message) {
     const state = this.channels.get(channel);
-    // Automatic subscriptions the app did not ask for are left; their last messages are not its.
-    if (!state || state.discarding) return;
+    // Channels the app did not ask for (automatic subscriptions it left), and what an earlier
+    // subscription still had on the way, are not its.
+    if (!state || !state.confirmed) return;
     if (!advance(state, message)) return;
-    for (const handler of state.handlers) handler(message);
+    if (message.type === "inventory_update" && typeof message.station_id === "number") {
+      state.latest.set(message.station_id, message);
+    }
+    for (const handler of [...state.handlers]) call(handler, message);
     this.emit("event", message);
   }
 
   answered(requestId, settle) {
     const pending = this.pending.get(requestId);
-    if (!pending) return; // timed out already
+    if (!pending) return; // timed out already: a late answer is dropped
     this.pending.delete(requestId);
     this.clearTimer(pending.timer);
     settle(pending);
   }
 
-  presenceReply(message) {
-    const waiters = this.presenceWaiters.get(message.channel);
-    waiters?.shift()?.resolve(message);
-  }
-
-  failPending(error) {
+  /** The connection closed: what was sent fails with `error`; what was not waits on. */
+  failSent(error) {
     for (const [id, pending] of this.pending) {
+      if (!pending.sent) continue;
+      this.pending.delete(id);
       this.clearTimer(pending.timer);
       pending.reject(new SwapcastError(error.code, error.message, { requestId: id, action: pending.action }));
     }
-    this.pending.clear();
-    for (const waiters of this.presenceWaiters.values()) {
-      for (const waiter of waiters) waiter.reject(new SwapcastError(error.code, error.message));
+  }
+
+  /** Ends the client: no more connections; every request fails — one already sent with
+   * `connection_lost` (it may have been done), the others with `error`. */
+  shutDown(error) {
+    this.setState("closed");
+    globalThis.removeEventListener?.("online", this.onOnline);
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+    this.retryTimer = null;
+    this.paceTimer = null;
+    this.heartbeatTimer = null;
+    this.healthyTimer = null;
+    this.failSent(new SwapcastError("connection_lost", "the connection closed before the answer"));
+    for (const [id, pending] of this.pending) {
+      this.clearTimer(pending.timer);
+      pending.reject(new SwapcastError(error.code, error.message, { requestId: id, action: pending.action, closeCode: error.closeCode }));
     }
-    this.presenceWaiters.clear();
-    this.outbox = this.outbox.filter((m) => m.type !== "request" && m.type !== "presence");
+    this.pending.clear();
+    this.outbox = [];
+    this.paced = [];
   }
 
   // ---- what the app asks ---------------------------------------------------------------------
@@ -522,9 +693,19 @@ export class SwapcastClient {
     if (!this.multiplexed) throw new SwapcastError("not_multiplexed", "a seed feed has one channel: use on('event')");
     let state = this.channels.get(channel);
     if (!state) {
-      state = { position: null, handlers: new Set() };
+      state = { position: null, handlers: new Set(), confirmed: false, latest: new Map() };
       this.channels.set(channel, state);
       if (this.ready && this.socket) this.send({ type: "subscribe", channel });
+    } else if (state.latest.size) {
+      // The channel's snapshot went by already: this handler gets one of its own, made of each
+      // station's newest counts, before anything else of the channel.
+      queueMicrotask(() => {
+        if (this.channels.get(channel) !== state || !state.handlers.has(handler)) return;
+        for (const latest of state.latest.values()) {
+          const { event_id: _, ...counts } = latest;
+          call(handler, { ...counts, action: "snapshot", last_event_id: state.position });
+        }
+      });
     }
     state.handlers.add(handler);
     return () => {
@@ -539,40 +720,36 @@ export class SwapcastClient {
 
   /** A request (`book_battery`, `announce`, …): resolves with its `data`, rejects with a SwapcastError. */
   request(action, data = {}, { timeout = this.requestTimeout } = {}) {
-    if (this.state === "closed") return Promise.reject(new SwapcastError("closed", "the client was closed"));
-    if (!this.multiplexed) return Promise.reject(new SwapcastError("not_multiplexed", "requests need /ws"));
-    const id = `r${this.nextRequest++}`;
-    return new Promise((resolve, reject) => {
-      const timer = this.later(timeout, () => {
-        this.pending.delete(id);
-        this.outbox = this.outbox.filter((m) => m.request_id !== id);
-        reject(new SwapcastError("timeout", `no answer to ${action} within ${timeout} ms`, { requestId: id, action }));
-      });
-      this.pending.set(id, { resolve, reject, timer, action });
-      this.sendWhenReady({ type: "request", request_id: id, action, data });
-    });
+    return this.ask({ type: "request", action, data }, timeout, `${action}`, { action });
   }
 
   /** Who watches a station (`station:12`): `{viewers, signed_in?}` as the caller may see it. */
   presence(channel, { timeout = this.requestTimeout } = {}) {
-    if (this.state === "closed") return Promise.reject(new SwapcastError("closed", "the client was closed"));
+    return this.ask({ type: "presence", channel }, timeout, `presence of ${channel}`, { presenceOf: channel });
+  }
+
+  /** Sends a question with a request_id and waits for the answer that carries it. */
+  ask(message, timeout, what, details) {
+    if (this.state === "closed") {
+      const code = this.stoppedWith === null ? "closed" : "stopped";
+      return Promise.reject(new SwapcastError(code, "the client was closed", { closeCode: this.stoppedWith ?? undefined }));
+    }
+    if (!this.multiplexed) return Promise.reject(new SwapcastError("not_multiplexed", `${what} needs /ws`));
+    const id = `r${this.nextRequest++}`;
+    const framed = { ...message, request_id: id };
+    const size = new TextEncoder().encode(JSON.stringify(framed)).length;
+    if (size > this.maxFrame) {
+      return Promise.reject(new SwapcastError("too_big", `${what} is ${size} bytes, over the server's ${this.maxFrame}`, { requestId: id, ...details }));
+    }
     return new Promise((resolve, reject) => {
-      const waiter = { resolve, reject };
-      const done = (settle) => (value) => {
-        this.clearTimer(timer);
-        settle(value);
-      };
-      waiter.resolve = done(resolve);
-      waiter.reject = done(reject);
       const timer = this.later(timeout, () => {
-        const waiters = this.presenceWaiters.get(channel) ?? [];
-        const at = waiters.indexOf(waiter);
-        if (at >= 0) waiters.splice(at, 1);
-        reject(new SwapcastError("timeout", `no presence for ${channel} within ${timeout} ms`));
+        this.pending.delete(id);
+        this.outbox = this.outbox.filter((m) => m.request_id !== id);
+        this.paced = this.paced.filter((m) => m.request_id !== id);
+        reject(new SwapcastError("timeout", `no answer to ${what} within ${timeout} ms`, { requestId: id, ...details }));
       });
-      if (!this.presenceWaiters.has(channel)) this.presenceWaiters.set(channel, []);
-      this.presenceWaiters.get(channel).push(waiter);
-      this.sendWhenReady({ type: "presence", channel });
+      this.pending.set(id, { resolve, reject, timer, sent: false, ...details });
+      this.sendWhenReady(framed);
     });
   }
 
