@@ -745,6 +745,12 @@ async fn the_console_shows_every_frame_both_ways() {
     browser.eval(FILL, json!(["raw", "{not json"])).await;
     browser.eval(CLICK, json!(["send-raw"])).await;
     assert_eq!(browser.until(SAW, json!(["in", "Invalid JSON"]), &yes).await, yes);
+    // A channel refused leaves the list of channels held, so it can be tried again.
+    browser.eval(FILL, json!(["channel", "nonsense"])).await;
+    browser.eval(CLICK, json!(["subscribe"])).await;
+    assert_eq!(browser.until(SAW, json!(["in", "unknown_channel"]), &yes).await, yes);
+    let held = r##"return [...document.querySelectorAll("#channels li")].map((li) => li.textContent).join(",");"##;
+    assert_eq!(browser.until(held, json!([]), &json!(channel)).await, json!(channel));
     let frames = browser.eval(FRAMES, json!([])).await;
     assert!(frames.as_array().is_some_and(|f| f.len() >= 8), "{frames}");
 }

@@ -74,3 +74,44 @@ test("useStationWebSocket(null) keeps every station's counts by id", async (t) =
   assert.deepEqual(latest.inventory[a], { available: 0, booked: 0, total: 0 });
   assert.deepEqual(latest.inventory[b], { available: 1, booked: 0, total: 1 });
 });
+
+test("useStationWebSocket: hooks sharing a client, a change of station, keep: 0", async (t) => {
+  const server = await Server.start();
+  t.after(() => server.close());
+  const [a, b] = [await server.station("A"), await server.station("B")];
+  await server.batteries(a, "a", 1);
+  await server.batteries(b, "b", 2);
+  const client = new SwapcastClient({ url: server.address });
+  t.after(() => client.close());
+  const latest = {};
+  // Every render of the detail, as [station id, inventory]: none may show another's counts.
+  const renders = [];
+  function Card({ name, id, keep }) {
+    latest[name] = useStationWebSocket(id, { client, keep });
+    if (name === "detail") renders.push([id, latest[name].inventory?.total ?? null]);
+    return null;
+  }
+  const tree = (detail) =>
+    createElement("div", null, [
+      createElement(Card, { key: "list", name: "list", id: a }),
+      createElement(Card, { key: "detail", name: "detail", id: detail, keep: 0 }),
+    ]);
+  const view = TestRenderer.create(tree(999999));
+  t.after(() => view.unmount());
+  await until(() => latest.detail.error?.code === "not_found", "an unknown station's error");
+  await until(() => latest.list.inventory?.total === 1, "the list's station");
+
+  // The detail moves to the list's station: it shares the channel, and gets its counts.
+  view.update(tree(a));
+  await until(() => latest.detail.inventory?.total === 1, "the shared station's counts");
+  assert.equal(latest.detail.error, null, "the last station's error is not this one's");
+  view.update(tree(b));
+  await until(() => latest.detail.inventory?.total === 2, "station B's counts");
+  await server.batteries(b, "more", 1);
+  await until(() => latest.detail.inventory?.total === 3, "a live change");
+  assert.deepEqual(latest.detail.events, [], "keep: 0 keeps no events");
+  const expected = { [a]: [1], [b]: [2, 3], 999999: [] };
+  for (const [id, total] of renders) {
+    if (total !== null) assert.ok(expected[id].includes(total), `station ${id} rendered with ${total}`);
+  }
+});

@@ -35,3 +35,16 @@ function Network() {
 }
 void Station;
 void Network;
+function Maybe({ id }: { id?: number | null }) {
+  // A station not chosen yet: one station's counts, or every station's.
+  const { inventory, error } = useStationWebSocket(id, { client, keep: 0 });
+  return [inventory, error?.code];
+}
+void Maybe;
+const tuned = new SwapcastClient({
+  heartbeat: 5000,
+  heartbeatTimeout: 5000,
+  rateLimit: { perSecond: 10, burst: 20 },
+  maxFrame: 1 << 20,
+});
+tuned.request("list_stations").catch((e: SwapcastError) => e.code === "stopped" && e.closeCode === CloseCode.INVALID_TOKEN);
