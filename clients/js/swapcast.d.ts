@@ -96,7 +96,7 @@ export interface ClientOptions {
   random?: () => number;
   /** Connect in the constructor (true). */
   autoConnect?: boolean;
-  /** ms of silence before the client pings (15000). */
+  /** ms of silence before the client pings (15000); 0 turns the heartbeat off. */
   heartbeat?: number;
   /** ms after that, with still nothing heard, before the connection is taken for dead and made again (10000). */
   heartbeatTimeout?: number;

@@ -97,7 +97,7 @@ export class SwapcastClient {
    * @param {number} [options.requestTimeout] ms before a request fails with `timeout` (10000)
    * @param {boolean} [options.renew] renew the token in place when told `token_expiring` (true)
    * @param {() => number} [options.random] the jitter's source (Math.random)
-   * @param {number} [options.heartbeat] ms of silence before the client pings (15000)
+   * @param {number} [options.heartbeat] ms of silence before the client pings (15000; 0: never)
    * @param {number} [options.heartbeatTimeout] ms after that with still nothing heard before the
    *   connection is taken for dead and made again (10000)
    * @param {{perSecond?: number, burst?: number}} [options.rateLimit] the pace of what the client
@@ -516,8 +516,11 @@ export class SwapcastClient {
   watchSilence() {
     this.heardAt = Date.now();
     this.clearTimer(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    if (!(this.heartbeat > 0)) return; // `heartbeat: 0`: off
     const tick = Math.max(50, Math.min(this.heartbeat, this.heartbeatTimeout) / 2);
-    let pinged = false;
+    // The silence a ping was sent for (it began when the last frame was heard): one ping each.
+    let pingedFor = null;
     const check = () => {
       this.heartbeatTimer = null;
       if (!this.socket) return;
@@ -525,11 +528,9 @@ export class SwapcastClient {
       if (silent >= this.heartbeat + this.heartbeatTimeout) {
         return this.restart({ code: 1006, reason: "no answer to a ping" });
       }
-      if (silent >= this.heartbeat && !pinged && this.socket.readyState === 1) {
-        pinged = true;
+      if (silent >= this.heartbeat && pingedFor !== this.heardAt && this.socket.readyState === 1) {
+        pingedFor = this.heardAt;
         this.send({ type: "ping" });
-      } else if (silent < this.heartbeat) {
-        pinged = false;
       }
       this.heartbeatTimer = this.later(tick, check);
     };
@@ -639,8 +640,19 @@ export class SwapcastClient {
     if (message.type === "inventory_update" && typeof message.station_id === "number") {
       state.latest.set(message.station_id, message);
     }
-    for (const handler of [...state.handlers]) call(handler, message);
+    for (const handler of [...state.handlers]) {
+      this.pay(state, handler);
+      call(handler, message);
+    }
     this.emit("event", message);
+  }
+
+  /** Gives a handler that joined late the snapshot it is owed, once. */
+  pay(state, handler) {
+    const owed = state.owed.get(handler);
+    if (!owed) return;
+    state.owed.delete(handler);
+    for (const message of owed) call(handler, message);
   }
 
   answered(requestId, settle) {
@@ -693,25 +705,27 @@ export class SwapcastClient {
     if (!this.multiplexed) throw new SwapcastError("not_multiplexed", "a seed feed has one channel: use on('event')");
     let state = this.channels.get(channel);
     if (!state) {
-      state = { position: null, handlers: new Set(), confirmed: false, latest: new Map() };
+      state = { position: null, handlers: new Set(), confirmed: false, latest: new Map(), owed: new Map() };
       this.channels.set(channel, state);
       if (this.ready && this.socket) this.send({ type: "subscribe", channel });
-    } else if (state.latest.size) {
-      // The channel's snapshot went by already: this handler gets one of its own, made of each
-      // station's newest counts, before anything else of the channel.
-      queueMicrotask(() => {
-        if (this.channels.get(channel) !== state || !state.handlers.has(handler)) return;
-        for (const latest of state.latest.values()) {
-          const { event_id: _, ...counts } = latest;
-          call(handler, { ...counts, action: "snapshot", last_event_id: state.position });
-        }
-      });
+    } else if (state.latest.size && !state.handlers.has(handler)) {
+      // The channel's snapshot (or some of it) went by already: this handler is owed one of its
+      // own, made now of each station's newest counts — paid before the next message of the
+      // channel reaches it, or soon after subscribe returns if none comes first.
+      const owed = [...state.latest.values()].map(({ event_id: _, ...counts }) => ({
+        ...counts,
+        action: "snapshot",
+        last_event_id: state.position,
+      }));
+      state.owed.set(handler, owed);
+      queueMicrotask(() => this.pay(state, handler));
     }
     state.handlers.add(handler);
     return () => {
       const current = this.channels.get(channel);
       if (current !== state) return;
       state.handlers.delete(handler);
+      state.owed.delete(handler);
       if (state.handlers.size) return;
       this.channels.delete(channel);
       if (this.ready && this.socket) this.send({ type: "unsubscribe", channel });

@@ -362,3 +362,51 @@ test("a channel left and made again at once: the new handler gets the snapshot f
   assert.equal(fresh[0].action, "snapshot", JSON.stringify(fresh[0]));
   assert.equal(fresh[0].total_batteries, 2);
 });
+
+test("a handler added from inside another, mid-snapshot or on an event, gets each station's snapshot once, first", async (t) => {
+  const server = await Server.start();
+  t.after(() => server.close());
+  const stations = [];
+  for (let i = 0; i < 30; i++) stations.push(await server.station(`N${i}`));
+  const client = new SwapcastClient({ url: server.address });
+  t.after(() => client.close());
+  const first = [];
+  const midSnapshot = [];
+  const onEvent = [];
+  let snapshotsSeen = 0;
+  let joinedOnEvent = false;
+  client.subscribe("stations", (m) => {
+    first.push(m);
+    if (m.action === "snapshot" && ++snapshotsSeen === 10) client.subscribe("stations", (x) => midSnapshot.push(x));
+    if (m.type === "battery_added" && !joinedOnEvent) {
+      joinedOnEvent = true;
+      client.subscribe("stations", (x) => onEvent.push(x));
+    }
+  });
+  await until(() => snapshotsSeen === 30, "the whole snapshot");
+  for (const station of stations.slice(0, 3)) await server.batteries(station, "n", 1);
+  await until(() => ids(first).length === 6 && ids(onEvent).length === 5, "the events");
+
+  for (const [name, seen] of [["mid-snapshot", midSnapshot], ["on an event", onEvent]]) {
+    const snaps = seen.filter((m) => m.action === "snapshot");
+    assert.equal(snaps.length, 30, `${name}: one snapshot per station`);
+    assert.equal(new Set(snaps.map((m) => m.station_id)).size, 30, `${name}: each station once`);
+    assert.ok(seen.slice(0, 30).every((m) => m.action === "snapshot"), `${name}: the snapshot first`);
+  }
+  assert.deepEqual(ids(midSnapshot), ids(first));
+  assert.deepEqual(ids(onEvent), ids(first).slice(1), "every event after the one it joined on");
+});
+
+test("heartbeat: 0 turns the heartbeat off: a quiet connection is neither pinged nor left", async (t) => {
+  const server = await Server.start();
+  t.after(() => server.close());
+  const client = new SwapcastClient({ url: server.address, heartbeat: 0, heartbeatTimeout: 100 });
+  t.after(() => client.close());
+  const pings = framesOut(client, "ping");
+  const closes = [];
+  client.on("close", (c) => closes.push(c));
+  await until(() => client.ready, "open");
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  assert.deepEqual(pings, []);
+  assert.deepEqual(closes, []);
+});
