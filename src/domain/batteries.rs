@@ -88,7 +88,7 @@ pub(super) fn announce_update(ch: &mut Change, battery: &Battery) -> Result<()> 
 
 /// Emits the station's `inventory_update` after a change to its batteries.
 pub fn announce_inventory(ch: &mut Change, station: &Station, action: InventoryAction) -> Result<()> {
-    let (_, event) = stations::inventory_event(ch.conn, station, action)?;
+    let (_, event) = stations::inventory_event(ch, station, action)?;
     ch.emit(Audience::Station(StationId(station.id)), event);
     Ok(())
 }
@@ -145,7 +145,7 @@ pub fn add(ch: &mut Change, actor: &Caller, station_id: StationId, input: &NewBa
             "A battery with this serial already exists",
         ))?;
     transition::battery_added(ch, &row)?;
-    let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Add)?;
+    let (inventory, update) = stations::inventory_event(ch, &station, InventoryAction::Add)?;
     ch.emit(
         Audience::Station(station_id),
         EventBody::BatteryAdded {

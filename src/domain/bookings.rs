@@ -136,7 +136,7 @@ pub fn book(ch: &mut Change, actor: &Caller, station_id: StationId, rules: Booki
             "No battery is available at this station",
         ))?;
     transition::take_booking_place(ch, actor.id, rules.max_active)?;
-    let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Book)?;
+    let (inventory, update) = stations::inventory_event(ch, &station, InventoryAction::Book)?;
     ch.emit(
         Audience::Station(station_id),
         EventBody::BatteryBooked {
@@ -229,7 +229,7 @@ pub fn collect(ch: &mut Change, actor: &Caller, id: BookingId) -> Result<Booking
     let (booking, station) = load_for_staff(ch, actor, id)?;
     require_state(&booking, LIVE)?;
     let row = finish(ch, &booking, BookingStatus::Collected, BatteryStatus::Collected)?;
-    let (inventory, update) = stations::inventory_event(ch.conn, &station, InventoryAction::Collect)?;
+    let (inventory, update) = stations::inventory_event(ch, &station, InventoryAction::Collect)?;
     ch.emit(
         Audience::Station(StationId(station.id)),
         EventBody::BatteryCollected {

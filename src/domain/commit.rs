@@ -73,13 +73,9 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
             if let Some(sql) = opening {
                 conn.batch_execute(sql)?;
             }
-            let mut ch = Change {
-                conn,
-                now,
-                pending: Vec::new(),
-            };
+            let mut ch = Change::new(conn, now);
             let ran = std::panic::catch_unwind(AssertUnwindSafe(|| change.stage(&mut ch)));
-            let pending = std::mem::take(&mut ch.pending);
+            let pending = ch.take_pending();
             match ran {
                 Ok(Ok(())) => {
                     // Released with the next change's savepoint, or by the commit.
@@ -138,14 +134,10 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
 pub fn commit<T>(conn: &mut DbConn, f: impl FnOnce(&mut Change) -> Result<T>) -> Result<super::Committed<T>> {
     db::write(conn, |conn| {
         events::log::take_turn(conn)?;
-        let mut change = Change {
-            conn,
-            now: now_ms(),
-            pending: Vec::new(),
-        };
+        let mut change = Change::new(conn, now_ms());
         let value = f(&mut change)?;
-        let Change { conn, now, pending } = change;
-        let events = events::log::append(conn, now, pending)?;
+        let (now, pending) = (change.now, change.take_pending());
+        let events = events::log::append(change.conn, now, pending)?;
         Ok(super::Committed { value, events })
     })
 }

@@ -271,12 +271,12 @@ pub fn batteries(ch: &mut Change, input: impl Read) -> Result<usize, ImportError
     touched.sort_unstable();
     for (station, n) in touched {
         transition::shift_counts(
-            ch.conn,
+            ch,
             station,
             transition::Counts::of(BatteryStatus::Available.as_str(), n),
         )?;
         let station = super::stations::load(ch.conn, StationId(station))?;
-        let (_, event) = super::stations::inventory_event(ch.conn, &station, InventoryAction::Add)?;
+        let (_, event) = super::stations::inventory_event(ch, &station, InventoryAction::Add)?;
         ch.emit(Audience::Station(StationId(station.id)), event);
     }
     Ok(count)

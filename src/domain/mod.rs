@@ -30,11 +30,38 @@ pub struct Change<'c> {
     /// One timestamp for every row and event of the change.
     pub now: i64,
     pending: Vec<(Audience, EventBody)>,
+    /// Each station's counts as this change's last update of them left them (the update returns
+    /// them): the `inventory_update` it emits needs no second read of the row.
+    counted: Vec<(i64, crate::events::Inventory)>,
 }
 
-impl Change<'_> {
+impl<'c> Change<'c> {
+    pub fn new(conn: &'c mut DbConn, now: i64) -> Change<'c> {
+        Change {
+            conn,
+            now,
+            pending: Vec::new(),
+            counted: Vec::new(),
+        }
+    }
+
     pub fn emit(&mut self, audience: Audience, body: EventBody) {
         self.pending.push((audience, body));
+    }
+
+    /// The events emitted so far, taken out.
+    pub fn take_pending(&mut self) -> Vec<(Audience, EventBody)> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// A station's counts, as returned by this change's last update of them.
+    pub fn counted(&mut self, station: i64, counts: crate::events::Inventory) {
+        self.counted.retain(|(s, _)| *s != station);
+        self.counted.push((station, counts));
+    }
+
+    pub fn counts_of(&self, station: i64) -> Option<crate::events::Inventory> {
+        self.counted.iter().find(|(s, _)| *s == station).map(|(_, c)| c.clone())
     }
 }
 

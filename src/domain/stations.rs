@@ -307,12 +307,17 @@ pub fn all(conn: &mut DbConn) -> Result<Vec<StationView>> {
 }
 
 /// Builds an `inventory_update` for a station as it stands inside the change.
+/// The station's `inventory_update`: its counts as this change left them (without a read when the
+/// change updated them, see [`Change::counted`]).
 pub fn inventory_event(
-    conn: &mut DbConn,
+    ch: &mut super::Change,
     station: &Station,
     action: InventoryAction,
 ) -> Result<(Inventory, EventBody)> {
-    let inventory = inventory(conn, StationId(station.id))?;
+    let inventory = match ch.counts_of(station.id) {
+        Some(counted) => counted,
+        None => inventory(ch.conn, StationId(station.id))?,
+    };
     let event = EventBody::InventoryUpdate {
         station_id: StationId(station.id),
         station_name: station.name.clone(),

@@ -196,7 +196,7 @@ pub fn apply(
         }
     }
     for (station, counts) in &shifts {
-        shift_counts(ch.conn, *station, *counts)?;
+        shift_counts(ch, *station, *counts)?;
     }
     for (_, now) in &changed {
         announce_update(ch, now)?;

@@ -124,18 +124,34 @@ impl Counts {
 
 /// Adds `counts` to a station's counts (negative numbers take away). The CHECK constraints turn a
 /// miscount below zero into a failed transaction rather than a silent drift.
-pub fn shift_counts(conn: &mut crate::db::DbConn, station: i64, counts: Counts) -> Result<()> {
+pub fn shift_counts(ch: &mut Change, station: i64, counts: Counts) -> Result<()> {
     if counts.is_zero() {
         return Ok(());
     }
-    diesel::update(stations::table.find(station))
+    let now: Option<(i32, i32, i32)> = diesel::update(stations::table.find(station))
         .set((
             stations::available_batteries.eq(stations::available_batteries + counts.available),
             stations::booked_batteries.eq(stations::booked_batteries + counts.booked),
             stations::charging_batteries.eq(stations::charging_batteries + counts.charging),
             stations::total_batteries.eq(stations::total_batteries + counts.total),
         ))
-        .execute(conn)?;
+        .returning((
+            stations::available_batteries,
+            stations::booked_batteries,
+            stations::total_batteries,
+        ))
+        .get_result(ch.conn)
+        .optional()?;
+    if let Some((available, booked, total)) = now {
+        ch.counted(
+            station,
+            crate::events::Inventory {
+                available_batteries: available.into(),
+                booked_batteries: booked.into(),
+                total_batteries: total.into(),
+            },
+        );
+    }
     Ok(())
 }
 
@@ -144,14 +160,14 @@ fn recount(ch: &mut Change, from: Option<(i64, &str)>, to: Option<(i64, &str)>) 
     let leaving = from.map(|(station, status)| (station, Counts::of(status, -1)));
     let entering = to.map(|(station, status)| (station, Counts::of(status, 1)));
     match (leaving, entering) {
-        (Some((a, out)), Some((b, into))) if a == b => shift_counts(ch.conn, a, out.plus(into)),
+        (Some((a, out)), Some((b, into))) if a == b => shift_counts(ch, a, out.plus(into)),
         (leaving, entering) => {
             // Two stations (a return elsewhere): in id order, so two returns crossing each other
             // cannot wait on each other's station.
             let mut both: Vec<(i64, Counts)> = leaving.into_iter().chain(entering).collect();
             both.sort_by_key(|(station, _)| *station);
             for (station, counts) in both {
-                shift_counts(ch.conn, station, counts)?;
+                shift_counts(ch, station, counts)?;
             }
             Ok(())
         }
