@@ -7,7 +7,7 @@ import { test, before } from "node:test";
 import assert from "node:assert/strict";
 
 import { SwapcastClient, SwapcastError, backoffDelay, CloseCode } from "../swapcast.js";
-import { Server, Proxy, until, binaryAvailable, BIN } from "./server.js";
+import { Server, until, binaryAvailable, BIN, proxied, record, ids } from "./server.js";
 
 before(() => {
   if (!binaryAvailable()) {
@@ -18,14 +18,6 @@ before(() => {
   }
 });
 
-/** Every message the client delivers on `channel`, in order. */
-function record(client, channel) {
-  const seen = [];
-  client.subscribe(channel, (message) => seen.push(message));
-  return seen;
-}
-
-const ids = (messages) => messages.filter((m) => typeof m.event_id === "number").map((m) => m.event_id);
 const snapshots = (messages) => messages.filter((m) => m.action === "snapshot").length;
 
 /** Waits until the client has delivered every event of the log for `station` after `after`,
@@ -38,16 +30,6 @@ async function deliveredExactly(server, seen, station, after) {
   return expected;
 }
 
-/** A server with a proxy in front, both gone when the test ends. */
-async function proxied(t, env = {}) {
-  const server = await Server.start(env);
-  const proxy = await Proxy.start(server.port);
-  t.after(async () => {
-    await proxy.close();
-    await server.close();
-  });
-  return { server, proxy };
-}
 
 function closes(client) {
   const seen = [];

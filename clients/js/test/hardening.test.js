@@ -9,7 +9,7 @@ import { test, before } from "node:test";
 import assert from "node:assert/strict";
 
 import { SwapcastClient, CloseCode } from "../swapcast.js";
-import { Server, Proxy, until, binaryAvailable, BIN } from "./server.js";
+import { Server, until, binaryAvailable, BIN, proxied, record, ids } from "./server.js";
 
 before(() => {
   if (!binaryAvailable()) {
@@ -20,23 +20,6 @@ before(() => {
   }
 });
 
-const ids = (messages) => messages.filter((m) => typeof m.event_id === "number").map((m) => m.event_id);
-
-async function proxied(t, env = {}) {
-  const server = await Server.start(env);
-  const proxy = await Proxy.start(server.port);
-  t.after(async () => {
-    await proxy.close();
-    await server.close();
-  });
-  return { server, proxy };
-}
-
-function record(client, channel) {
-  const seen = [];
-  client.subscribe(channel, (message) => seen.push(message));
-  return seen;
-}
 
 function framesOut(client, type) {
   const sent = [];

@@ -273,3 +273,24 @@ export async function until(check, what, ms = 20000) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** A server with a proxy in front, both gone when the test `t` ends. */
+export async function proxied(t, env = {}) {
+  const server = await Server.start(env);
+  const proxy = await Proxy.start(server.port);
+  t.after(async () => {
+    await proxy.close();
+    await server.close();
+  });
+  return { server, proxy };
+}
+
+/** Every message the client delivers on `channel`, in order. */
+export function record(client, channel) {
+  const seen = [];
+  client.subscribe(channel, (message) => seen.push(message));
+  return seen;
+}
+
+/** The event ids among `messages`, in order. */
+export const ids = (messages) => messages.filter((m) => typeof m.event_id === "number").map((m) => m.event_id);
