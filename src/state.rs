@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 
 use crate::db::writer::Writer;
 use crate::db::{self, DbConn, Pool};
+use crate::domain::additions::Addition;
+use crate::domain::batteries::{BatteryView, NewBatteryInput};
 use crate::domain::commit::Queued;
 use crate::domain::Change;
 use crate::error::{Error, Result};
@@ -63,6 +65,21 @@ impl AppState {
             value: None,
             hub: self.hub.clone(),
             span: tracing::Span::current(),
+            done,
+        };
+        self.writer.submit(Box::new(queued))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the database writer dropped a change")))?
+    }
+
+    /// Adds a battery (`batteries::add`) through the writer as an [`Addition`], which the group
+    /// commit stages together with the additions queued next to it.
+    pub async fn add_battery(&self, actor: Caller, station: StationId, input: NewBatteryInput) -> Result<BatteryView> {
+        let (done, answer) = oneshot::channel();
+        let queued = Adding {
+            addition: Addition::new(actor, station, input),
+            hub: self.hub.clone(),
             done,
         };
         self.writer.submit(Box::new(queued))?;
@@ -132,6 +149,34 @@ where
         }
         // The caller may have gone (its request was abandoned); the change stands regardless.
         let _ = done.send(Ok(value));
+    }
+
+    fn refused(self: Box<Self>, error: Error) {
+        let _ = self.done.send(Err(error));
+    }
+}
+
+/// A battery addition in the writer's queue, and whom to answer.
+struct Adding {
+    addition: Addition,
+    hub: Hub,
+    done: oneshot::Sender<Result<BatteryView>>,
+}
+
+impl Queued for Adding {
+    fn stage(&mut self, ch: &mut Change) -> Result<()> {
+        self.addition.stage_alone(ch)
+    }
+
+    fn addition(&mut self) -> Option<&mut Addition> {
+        Some(&mut self.addition)
+    }
+
+    fn committed(self: Box<Self>, events: Vec<Event>) {
+        let Adding { addition, hub, done } = *self;
+        hub.publish(events);
+        let made = addition.made.expect("a committed addition made its battery");
+        let _ = done.send(Ok(made));
     }
 
     fn refused(self: Box<Self>, error: Error) {

@@ -110,11 +110,22 @@ pub struct NetworkArgs {
     pub bookings: usize,
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Bookings made on each network afterwards at a steady rate (open loop), for the latency a
+    /// driver sees when the server is not saturated.
+    #[arg(long, default_value_t = 2_000)]
+    pub paced: usize,
+    /// The steady rate, bookings per second.
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
 }
 
 /// One network's booking run: latencies, and the events that reached the watchers.
 struct Booked {
+    /// Latencies at `concurrency` in flight: the server saturated, so they measure its throughput.
     latency: Summary,
+    /// Latencies at the steady rate, from when each booking was due (not when it was sent), so a
+    /// stall counts for every booking it delayed.
+    paced: Summary,
     booked: usize,
     delivered: usize,
     confirmed: usize,
@@ -127,8 +138,11 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
             && (1..=5_000_000).contains(&args.batteries)
             && (1..=1_000).contains(&args.dashboards)
             && (1..=100_000).contains(&args.bookings)
-            && (1..=1_024).contains(&args.concurrency),
-        "stations 20..=100000, batteries ..=5000000, dashboards ..=1000, bookings ..=100000, concurrency ..=1024"
+            && (1..=1_024).contains(&args.concurrency)
+            && args.paced <= 100_000
+            && (1..=10_000).contains(&args.rate),
+        "stations 20..=100000, batteries ..=5000000, dashboards ..=1000, bookings ..=100000, concurrency ..=1024, \
+         paced ..=100000, rate 1..=10000"
     );
     let dir = tempfile_dir("network")?;
     let started = Instant::now();
@@ -223,7 +237,7 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
     // the big network's stations have on average.
     let per_station = (args.batteries / args.stations).max(1);
     // Twice the bookings, so no station runs out (some of the 20 are offline or in maintenance).
-    let small_batteries = (20 * per_station).max(args.bookings * 2);
+    let small_batteries = (20 * per_station).max((args.bookings + args.paced) * 2);
     let small_dir = tempfile_dir("network-small")?;
     let (s, b) = generate(&small_dir, 20, small_batteries)?;
     let (small_server, _) = BenchServer::start_loaded(&env, Some((&s, &b)))?;
@@ -231,8 +245,9 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
     let small = book(&small_server, &small_admin, &NetworkArgs { stations: 20, ..args }).await?;
     for (name, run) in [("big network", &big), ("20 stations", &small)] {
         println!(
-            "  bookings       {name}: {} booked, {:.0}/s, p50 {:.1} ms, p99 {:.1} ms; delivered battery_booked {} of {}, booking_confirmed {} of {}",
+            "  bookings       {name}: {} booked in all; at {} in flight {:.0}/s, p50 {:.1} ms, p99 {:.1} ms; delivered battery_booked {} of {}, booking_confirmed {} of {}",
             run.booked,
+            args.concurrency,
             run.per_sec,
             ms(run.latency.p50),
             ms(run.latency.p99),
@@ -243,9 +258,27 @@ pub async fn run(args: NetworkArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  p99 ratio      big / 20 stations = {:.2} (target ≤ 1.2)",
-        big.latency.p99 as f64 / small.latency.p99.max(1) as f64
+        "  p99 ratio      big / 20 stations = {:.2} at {} in flight (saturated: the ratio of throughputs)",
+        big.latency.p99 as f64 / small.latency.p99.max(1) as f64,
+        args.concurrency
     );
+    if args.paced > 0 {
+        for (name, run) in [("big network", &big), ("20 stations", &small)] {
+            println!(
+                "  paced          {name}: {} bookings at {}/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+                run.paced.count,
+                args.rate,
+                ms(run.paced.p50),
+                ms(run.paced.p90),
+                ms(run.paced.p99)
+            );
+        }
+        println!(
+            "  p99 ratio      big / 20 stations = {:.2} at {}/s (target ≤ 1.2)",
+            big.paced.p99 as f64 / small.paced.p99.max(1) as f64,
+            args.rate
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&small_dir);
     Ok(())
@@ -282,7 +315,8 @@ async fn read_whole_snapshot(port: u16, i: usize, stations: usize) -> anyhow::Re
 }
 
 /// Bookings at stations that have batteries, by 32 drivers, while a dashboard watches the whole
-/// network and each driver's phone its notifications.
+/// network and each driver's phone its notifications: `args.bookings` at `args.concurrency` in
+/// flight, then `args.paced` at `args.rate` a second.
 async fn book(server: &BenchServer, admin: &Admin, args: &NetworkArgs) -> anyhow::Result<Booked> {
     // Stations to book at: those with batteries, spread over the network.
     let mut stations = Vec::new();
@@ -345,7 +379,35 @@ async fn book(server: &BenchServer, admin: &Admin, args: &NetworkArgs) -> anyhow
     .collect()
     .await;
     let span = began.elapsed();
-    let booked = outcomes.iter().filter(|(status, _)| *status == 201).count();
+    let mut booked = outcomes.iter().filter(|(status, _)| *status == 201).count();
+    let per_sec = rate(booked, span);
+
+    // The same at a steady rate: booking j is due at start + j / rate, sent then whatever the
+    // others are doing, and timed from when it was due.
+    let start = tokio::time::Instant::now();
+    let every = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let paced: Vec<(u16, Duration)> = futures_util::future::join_all((0..args.paced).map(|j| {
+        let i = args.bookings + j;
+        let (token, station) = (&tokens[i % tokens.len()], stations[(i * 7919) % stations.len()]);
+        let due = start + every * j as u32;
+        async move {
+            tokio::time::sleep_until(due).await;
+            let status = admin
+                .http
+                .post(format!("{}/api/bookings", admin.base))
+                .bearer_auth(token)
+                .json(&json!({"station_id": station}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (status, due.elapsed())
+        }
+    }))
+    .await;
+    let failed = paced.iter().filter(|(status, _)| *status != 201).count();
+    anyhow::ensure!(failed == 0, "{failed} of {} paced bookings failed", paced.len());
+    booked += paced.len();
     let delivered = watcher.await?;
     let mut confirmed = 0;
     for phone in phones {
@@ -353,9 +415,10 @@ async fn book(server: &BenchServer, admin: &Admin, args: &NetworkArgs) -> anyhow
     }
     Ok(Booked {
         latency: summarize(outcomes.iter().map(|(_, d)| d.as_micros() as u64).collect()),
+        paced: summarize(paced.iter().map(|(_, d)| d.as_micros() as u64).collect()),
         booked,
         delivered,
         confirmed,
-        per_sec: rate(booked, span),
+        per_sec,
     })
 }

@@ -124,6 +124,15 @@ pub struct NewBatteryInput {
     pub soh: Percent,
 }
 
+/// The refusal for a serial already in use (code, message).
+const SERIAL_TAKEN: (&str, &str) = ("serial_taken", "A battery with this serial already exists");
+
+/// The refusal for a serial already in use, whichever way an addition finds it (here, or staged
+/// with others in [`super::additions`]).
+pub(super) fn serial_taken() -> Error {
+    Error::conflict(SERIAL_TAKEN.0, SERIAL_TAKEN.1)
+}
+
 pub fn add(ch: &mut Change, actor: &Caller, station_id: StationId, input: &NewBatteryInput) -> Result<BatteryView> {
     let station = stations::load(ch.conn, station_id)?;
     policy::require_station_staff(actor, operator_of(&station))?;
@@ -140,10 +149,7 @@ pub fn add(ch: &mut Change, actor: &Caller, station_id: StationId, input: &NewBa
         })
         .returning(batteries::all_columns)
         .get_result(ch.conn)
-        .map_err(on_unique_violation(
-            "serial_taken",
-            "A battery with this serial already exists",
-        ))?;
+        .map_err(on_unique_violation(SERIAL_TAKEN.0, SERIAL_TAKEN.1))?;
     transition::battery_added(ch, &row)?;
     let (inventory, update) = stations::inventory_event(ch, &station, InventoryAction::Add)?;
     ch.emit(

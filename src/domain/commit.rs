@@ -13,10 +13,12 @@
 //! change rolled back leaves the savepoint where the next one needs it. On PostgreSQL, where every
 //! statement is a round trip, that is one of the five or six an addition costs.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 
 use diesel::connection::SimpleConnection;
 
+use super::additions::{self, Addition};
 use super::Change;
 use crate::clock::now_ms;
 use crate::db::{self, DbConn};
@@ -29,6 +31,11 @@ pub trait Queued: Send + 'static {
     /// Runs the change inside the batch's transaction; what it returns is kept for
     /// [`committed`](Self::committed).
     fn stage(&mut self, ch: &mut Change) -> Result<()>;
+    /// A battery addition, which the batch may stage together with the additions next to it
+    /// ([`additions`]) instead of through [`stage`](Self::stage).
+    fn addition(&mut self) -> Option<&mut Addition> {
+        None
+    }
     /// The batch holding the change committed: publish its events and answer.
     fn committed(self: Box<Self>, events: Vec<Event>);
     /// The change did not commit: answer with why.
@@ -54,25 +61,65 @@ struct Staged {
     pending: Vec<(Audience, EventBody)>,
 }
 
-/// Runs one batch: everything in one transaction, a savepoint per change. `Err` when the
-/// database failed the batch as a whole (every change is then refused with that error).
+/// Runs one batch: everything in one transaction, a savepoint per change — or per run of
+/// additions staged together. `Err` when the database failed the batch as a whole (every change
+/// is then refused with that error).
 pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
     let now = now_ms();
     let mut staged: Vec<Staged> = Vec::with_capacity(changes.len());
-    let mut queue = changes.into_iter();
-    // The change under way: taken out of the queue, not yet staged or refused. Whatever fails
-    // while it is here (its savepoint's statements) fails the batch, and it hears why with the rest.
-    let mut current: Option<Box<dyn Queued>> = None;
+    let mut queue: VecDeque<Box<dyn Queued>> = changes.into();
+    // The changes under way: taken out of the queue, not yet staged or refused (one change, or a
+    // run of additions). Whatever fails while they are here (their savepoint's statements) fails
+    // the batch, and they hear why with the rest.
+    let mut current: Vec<Box<dyn Queued>> = Vec::new();
     let outcome = db::write(conn, |conn| {
         events::log::take_turn(conn)?;
-        // What opens the next change's savepoint: the savepoint itself, after the last change's
-        // release, or nothing after an undo (the savepoint is still there).
+        // What opens the next savepoint: the savepoint itself, after the last one's release, or
+        // nothing after an undo (the savepoint is still there).
         let mut opening = Some(TAKE);
-        for change in queue.by_ref() {
-            let change = current.insert(change);
+        // The changes at the front of the queue to stage one by one: a run of additions whose
+        // statements failed together, staged again alone to learn whose change it was.
+        let mut alone: usize = 0;
+        while let Some(mut change) = queue.pop_front() {
+            let together = alone == 0 && change.addition().is_some();
+            current.push(change);
+            if together {
+                while queue.front_mut().is_some_and(|c| c.addition().is_some()) {
+                    current.extend(queue.pop_front());
+                }
+            }
+            alone = alone.saturating_sub(1);
             if let Some(sql) = opening {
                 conn.batch_execute(sql)?;
             }
+            if together {
+                let mut run: Vec<&mut Addition> = current.iter_mut().filter_map(|c| c.addition()).collect();
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| additions::stage(conn, now, &mut run)));
+                match ran {
+                    Ok(Ok(outcomes)) => {
+                        opening = Some(KEEP_AND_TAKE);
+                        for (change, outcome) in current.drain(..).zip(outcomes) {
+                            match outcome {
+                                Ok(pending) => staged.push(Staged { change, pending }),
+                                Err(error) => change.refused(error),
+                            }
+                        }
+                    }
+                    failed => {
+                        if let Ok(Err(error)) = &failed {
+                            tracing::warn!(error = %error, "additions staged together failed; staging them alone");
+                        }
+                        conn.batch_execute(UNDO)?;
+                        opening = None;
+                        alone = current.len();
+                        while let Some(change) = current.pop() {
+                            queue.push_front(change);
+                        }
+                    }
+                }
+                continue;
+            }
+            let change = current.last_mut().expect("the change under way");
             let mut ch = Change::new(conn, now);
             let ran = std::panic::catch_unwind(AssertUnwindSafe(|| change.stage(&mut ch)));
             let pending = ch.take_pending();
@@ -80,20 +127,20 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
                 Ok(Ok(())) => {
                     // Released with the next change's savepoint, or by the commit.
                     opening = Some(KEEP_AND_TAKE);
-                    let change = current.take().expect("the change under way");
+                    let change = current.pop().expect("the change under way");
                     staged.push(Staged { change, pending });
                 }
                 Ok(Err(error)) => {
                     conn.batch_execute(UNDO)?;
                     opening = None;
-                    current.take().expect("the change under way").refused(error);
+                    current.pop().expect("the change under way").refused(error);
                 }
                 Err(_) => {
                     tracing::error!("a database change panicked; rolling it back");
                     conn.batch_execute(UNDO)?;
                     opening = None;
                     let error = Error::Internal(anyhow::anyhow!("the change failed"));
-                    current.take().expect("the change under way").refused(error);
+                    current.pop().expect("the change under way").refused(error);
                 }
             }
         }
@@ -117,7 +164,7 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
         }
         Err(error) => {
             tracing::error!(error = %error, "a batch of changes failed");
-            // Nothing of the batch committed: every change staged, the one under way, and every
+            // Nothing of the batch committed: every change staged, those under way, and every
             // one not reached yet hears why.
             let unanswered = staged.into_iter().map(|s| s.change).chain(current).chain(queue);
             for change in unanswered {
@@ -295,5 +342,210 @@ mod tests {
             assert!(rows.is_empty(), "{plan:?}");
             assert!(events::log::after(&mut fresh, 0, 100).unwrap().is_empty(), "{plan:?}");
         }
+    }
+
+    /// A battery addition that reports how it ended, staged with its neighbours (`together`) or
+    /// alone, as any other change.
+    struct Adds {
+        index: usize,
+        addition: Addition,
+        together: bool,
+        report: mpsc::Sender<(usize, String, std::result::Result<Vec<Event>, String>)>,
+    }
+
+    impl Queued for Adds {
+        fn stage(&mut self, ch: &mut Change) -> Result<()> {
+            self.addition.stage_alone(ch)
+        }
+        fn addition(&mut self) -> Option<&mut Addition> {
+            self.together.then_some(&mut self.addition)
+        }
+        fn committed(self: Box<Self>, events: Vec<Event>) {
+            assert!(self.addition.made.is_some(), "a committed addition has its battery");
+            let serial = self.addition.input.serial.as_str().to_owned();
+            self.report.send((self.index, serial, Ok(events))).unwrap();
+        }
+        fn refused(self: Box<Self>, error: Error) {
+            let serial = self.addition.input.serial.as_str().to_owned();
+            let code = match &error {
+                Error::Conflict { code, .. } => (*code).to_owned(),
+                other => other.to_string(),
+            };
+            self.report.send((self.index, serial, Err(code))).unwrap();
+        }
+    }
+
+    fn caller(id: i64, role: crate::domain::values::Role) -> crate::auth::Caller {
+        crate::auth::Caller {
+            id: crate::domain::ids::UserId(id),
+            role,
+            email: format!("u{id}@example.com"),
+            display_name: format!("u{id}"),
+        }
+    }
+
+    /// A database with an admin (1), an operator (2) of station 1, a station 2 without one, and a
+    /// battery `OLD-1` at station 2.
+    fn network() -> (tempfile::TempDir, db::Pool) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&dir.path().join("a.db").display().to_string(), Some(2)).unwrap();
+        let mut conn = pool.get().unwrap();
+        db::migrate(&mut conn).unwrap();
+        conn.batch_execute(
+            "INSERT INTO users (id, email, display_name, role, password_hash, created_at) VALUES \
+               (1, 'a@example.com', 'a', 'admin', 'x', 0), (2, 'o@example.com', 'o', 'operator', 'x', 0); \
+             INSERT INTO stations (id, name, status, operator_id, created_at, updated_at) VALUES \
+               (1, 'One', 'online', 2, 0, 0), (2, 'Two', 'online', NULL, 0, 0); \
+             INSERT INTO batteries (station_id, serial, model, status, soc, soh, created_at, updated_at) VALUES \
+               (2, 'OLD-1', 'M', 'available', 100, 100, 0, 0); \
+             UPDATE stations SET available_batteries = 1, total_batteries = 1 WHERE id = 2;",
+        )
+        .unwrap();
+        (dir, pool)
+    }
+
+    /// An addition's serial, and how many events it committed or why it was refused.
+    type Answer = (String, std::result::Result<usize, String>);
+
+    /// Runs `plan` (actor, station, serial, together) as one batch; each serial's outcome, and
+    /// the `battery_added` counts (station, available, total) in the order of the log.
+    fn add_in_one_batch(
+        pool: &db::Pool,
+        plan: &[(i64, i64, &str, bool)],
+    ) -> (Vec<Answer>, Vec<(i64, i64, i64)>) {
+        use crate::domain::values::Role;
+        let (report, reports) = mpsc::channel();
+        let changes: Vec<Box<dyn Queued>> = plan
+            .iter()
+            .enumerate()
+            .map(|(index, &(actor, station, serial, together))| {
+                let role = if actor == 1 { Role::Admin } else { Role::Operator };
+                let input = crate::domain::batteries::NewBatteryInput {
+                    serial: crate::domain::values::Serial::parse(serial).unwrap(),
+                    model: "M".into(),
+                    soc: crate::domain::values::Percent::parse("soc", 90).unwrap(),
+                    soh: crate::domain::values::Percent::parse("soh", 100).unwrap(),
+                };
+                Box::new(Adds {
+                    index,
+                    addition: Addition::new(caller(actor, role), StationId(station), input),
+                    together,
+                    report: report.clone(),
+                }) as Box<dyn Queued>
+            })
+            .collect();
+        let mut conn = pool.get().unwrap();
+        batch(&mut conn, changes).unwrap();
+        drop(report);
+        let mut outcomes: Vec<_> = reports.iter().collect();
+        outcomes.sort_by_key(|(index, _, _)| *index);
+        let mut added = Vec::new();
+        for event in events::log::after(&mut conn, 0, 1000).unwrap() {
+            if let EventBody::BatteryAdded {
+                station_id,
+                available_batteries,
+                total_batteries,
+                ..
+            } = event.body
+            {
+                added.push((station_id.0, available_batteries, total_batteries));
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(_, serial, r)| (serial, r.map(|events| events.len())))
+            .collect();
+        (outcomes, added)
+    }
+
+    #[derive(diesel::QueryableByName, Debug, PartialEq)]
+    struct Counted {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        available_batteries: i32,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        total_batteries: i32,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        batteries: i64,
+    }
+
+    /// Each station's counts and its batteries counted.
+    fn counted(pool: &db::Pool) -> Vec<(i64, i32, i32, i64)> {
+        let rows: Vec<Counted> = diesel::sql_query(
+            "SELECT s.id, s.available_batteries, s.total_batteries, \
+                    (SELECT COUNT(*) FROM batteries b WHERE b.station_id = s.id) AS batteries \
+             FROM stations s ORDER BY s.id",
+        )
+        .load(&mut pool.get().unwrap())
+        .unwrap();
+        rows.iter()
+            .map(|r| (r.id, r.available_batteries, r.total_batteries, r.batteries))
+            .collect()
+    }
+
+    /// Additions staged together are answered as one by one: each refusal its own (unknown
+    /// station, not the station's staff, a serial taken before the batch or earlier in it — and
+    /// free again when the addition that named it first was refused), each event with the counts
+    /// right after its addition, across runs split by a change staged alone.
+    #[test]
+    fn additions_staged_together_answer_as_one_by_one() {
+        let (_dir, pool) = network();
+        let plan = [
+            (1, 1, "NEW-1", true),
+            (2, 2, "NEW-2", true),  // the operator of station 1 only
+            (1, 2, "OLD-1", true),  // taken before the batch
+            (1, 2, "NEW-1", true),  // taken earlier in the batch
+            (1, 99, "NEW-3", true), // no such station
+            (2, 1, "NEW-4", true),
+            (1, 1, "NEW-5", false), // staged alone, between two runs
+            (1, 2, "NEW-2", true),  // free: its first addition was refused
+            (1, 1, "NEW-6", true),
+        ];
+        let (outcomes, added) = add_in_one_batch(&pool, &plan);
+        let expected: Vec<Answer> = vec![
+            ("NEW-1".into(), Ok(2)),
+            (
+                "NEW-2".into(),
+                Err("Only admins and this station's operator may do this".into()),
+            ),
+            ("OLD-1".into(), Err("serial_taken".into())),
+            ("NEW-1".into(), Err("serial_taken".into())),
+            ("NEW-3".into(), Err("Station not found".into())),
+            ("NEW-4".into(), Ok(2)),
+            ("NEW-5".into(), Ok(2)),
+            ("NEW-2".into(), Ok(2)),
+            ("NEW-6".into(), Ok(2)),
+        ];
+        assert_eq!(outcomes.len(), expected.len(), "{outcomes:?}");
+        for (got, want) in outcomes.iter().zip(&expected) {
+            match (&got.1, &want.1) {
+                (Ok(n), Ok(m)) => assert_eq!((&got.0, n), (&want.0, m)),
+                (Err(e), Err(w)) => assert!(got.0 == want.0 && e.contains(w.as_str()), "{got:?} vs {want:?}"),
+                _ => panic!("{got:?} vs {want:?}"),
+            }
+        }
+        assert_eq!(added, vec![(1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 2, 2), (1, 4, 4)]);
+        assert_eq!(counted(&pool), vec![(1, 4, 4, 4), (2, 2, 2, 2)]);
+    }
+
+    /// A run of additions whose statement fails is rolled back and staged again one by one: the
+    /// failing addition alone is refused, the others commit, counts and events as one by one.
+    #[test]
+    fn a_run_that_fails_together_is_staged_again_alone() {
+        let (_dir, pool) = network();
+        pool.get()
+            .unwrap()
+            .batch_execute(
+                "CREATE TRIGGER no_bad BEFORE INSERT ON batteries WHEN NEW.serial = 'BAD-1' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END;",
+            )
+            .unwrap();
+        let plan = [(1, 1, "NEW-1", true), (1, 1, "BAD-1", true), (1, 2, "NEW-2", true)];
+        let (outcomes, added) = add_in_one_batch(&pool, &plan);
+        assert!(outcomes[0].1.is_ok() && outcomes[2].1.is_ok(), "{outcomes:?}");
+        assert!(outcomes[1].1.is_err(), "{outcomes:?}");
+        assert_eq!(added, vec![(1, 1, 1), (2, 2, 2)]);
+        assert_eq!(counted(&pool), vec![(1, 1, 1, 1), (2, 2, 2, 2)]);
     }
 }

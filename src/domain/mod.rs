@@ -4,6 +4,7 @@
 //! move of a booking, battery or station out of a state goes through [`transition`], which makes
 //! it exclusive.
 
+pub mod additions;
 pub mod announcements;
 pub mod batteries;
 pub mod bookings;

@@ -120,7 +120,8 @@ fn json_response(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status).content_type("application/json").body(body)
 }
 
-fn key_of(req: &HttpRequest) -> Result<Option<String>> {
+/// The request's `Idempotency-Key`, if it has one (a malformed one is refused).
+pub fn key_of(req: &HttpRequest) -> Result<Option<String>> {
     let Some(value) = req.headers().get(HEADER) else {
         return Ok(None);
     };

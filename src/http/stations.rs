@@ -161,6 +161,10 @@ async fn add_battery(
     let actor = caller.actor()?.clone();
     let id = StationId(id.into_inner());
     let input = body.value.parse()?;
+    if idempotency::key_of(&req)?.is_none() {
+        let made = state.add_battery(actor, id, input).await?;
+        return Ok(HttpResponse::Created().json(made));
+    }
     let who = actor.clone();
     idempotency::run(&state, &req, &body.raw, &who, StatusCode::CREATED, move |ch| {
         batteries::add(ch, &actor, id, &input)

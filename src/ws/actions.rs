@@ -16,7 +16,7 @@ use crate::domain::ids::{BookingId, StationId};
 use crate::domain::input::from_value;
 use crate::domain::stations::StationPatch;
 use crate::domain::values::{Level, StationStatus};
-use crate::domain::{batteries, bookings, stations};
+use crate::domain::{bookings, stations};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
@@ -149,11 +149,7 @@ pub async fn perform(state: Arc<AppState>, identity: Option<Identity>, action: S
             let request: AddBatteryRequest = from_value(data)?;
             let input = request.battery.parse()?;
             let station = StationId(request.station_id);
-            to_value(
-                state
-                    .change(move |ch| batteries::add(ch, &actor, station, &input))
-                    .await?,
-            )
+            to_value(state.add_battery(actor, station, input).await?)
         }
         "announce" => {
             let actor = signed_in()?;

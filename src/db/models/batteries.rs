@@ -2,7 +2,7 @@ use diesel::prelude::*;
 
 use crate::db::schema::batteries;
 
-#[derive(Queryable, Selectable, Identifiable, Clone, Debug)]
+#[derive(Queryable, QueryableByName, Selectable, Identifiable, Clone, Debug)]
 #[diesel(table_name = batteries)]
 pub struct Battery {
     pub id: i64,
