@@ -186,10 +186,12 @@ async fn prepare(settings: Settings) -> anyhow::Result<AppState> {
         tracing::info!(node = &*hub.node, cluster, "joined the cluster");
     }
     let metrics = hub.metrics.clone();
-    let writer = Writer::start(&settings.database_url, move |conn, changes| {
+    let writer = Writer::start(&settings.database_url, move |conn, changes, more| {
         metrics.write_batches.inc();
         metrics.batched_changes.inc_by(changes.len() as u64);
-        crate::domain::commit::batch(conn, changes)
+        let batched = &metrics.batched_changes;
+        let mut counted = || more().inspect(|_| batched.inc());
+        crate::domain::commit::batch(conn, changes, &mut counted)
     })?;
     let settings_login_attempts = settings.login_attempts;
     // Argon2 hashes on at most half the cores, so a flood of sign-ins leaves the rest to

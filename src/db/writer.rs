@@ -45,9 +45,13 @@ impl<J: Job> Writer<J> {
     /// says whether the database failed it as a whole (then the connection is checked, and opened
     /// again when it was lost). A panic in `batch` drops its jobs (their callers hear of an
     /// internal error) and the writer goes on with a clean connection.
+    ///
+    /// `batch` gets the jobs waiting when the batch began, and a source of those queued since (up
+    /// to [`MAX_BATCH`] in all) to take once it holds the turn to write: on PostgreSQL the wait
+    /// for another node's batch then fills this one instead of the next.
     pub fn start(
         database_url: &str,
-        mut batch: impl FnMut(&mut DbConn, Vec<J>) -> Result<()> + Send + 'static,
+        mut batch: impl FnMut(&mut DbConn, Vec<J>, &mut dyn FnMut() -> Option<J>) -> Result<()> + Send + 'static,
     ) -> anyhow::Result<Writer<J>> {
         let manager = Manager {
             target: Target::parse(database_url),
@@ -73,7 +77,16 @@ impl<J: Job> Writer<J> {
                     }
                     continue;
                 };
-                match std::panic::catch_unwind(AssertUnwindSafe(|| batch(open, jobs))) {
+                let mut taken = jobs.len();
+                let mut more = || {
+                    if taken >= MAX_BATCH {
+                        return None;
+                    }
+                    let job = queue.try_recv().ok()?;
+                    taken += 1;
+                    Some(job)
+                };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| batch(open, jobs, &mut more))) {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
                         if manager.is_valid(open).is_err() || manager.has_broken(open) {

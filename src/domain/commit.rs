@@ -62,9 +62,14 @@ struct Staged {
 }
 
 /// Runs one batch: everything in one transaction, a savepoint per change — or per run of
-/// additions staged together. `Err` when the database failed the batch as a whole (every change
-/// is then refused with that error).
-pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
+/// additions staged together. `changes` are those waiting when the batch began; once it holds the
+/// turn to write, those from `more` (queued meanwhile) join them. `Err` when the database failed
+/// the batch as a whole (every change is then refused with that error).
+pub fn batch(
+    conn: &mut DbConn,
+    changes: Vec<Box<dyn Queued>>,
+    more: &mut dyn FnMut() -> Option<Box<dyn Queued>>,
+) -> Result<()> {
     let now = now_ms();
     let mut staged: Vec<Staged> = Vec::with_capacity(changes.len());
     let mut queue: VecDeque<Box<dyn Queued>> = changes.into();
@@ -74,6 +79,9 @@ pub fn batch(conn: &mut DbConn, changes: Vec<Box<dyn Queued>>) -> Result<()> {
     let mut current: Vec<Box<dyn Queued>> = Vec::new();
     let outcome = db::write(conn, |conn| {
         events::log::take_turn(conn)?;
+        // Changes queued while this writer waited for the turn (on PostgreSQL, for another node's
+        // batch to commit) go in this batch rather than wait for the next.
+        queue.extend(std::iter::from_fn(&mut *more));
         // What opens the next savepoint: the savepoint itself, after the last one's release, or
         // nothing after an undo (the savepoint is still there).
         let mut opening = Some(TAKE);
@@ -278,7 +286,7 @@ mod tests {
                 }) as Box<dyn Queued>
             })
             .collect();
-        batch(&mut conn, changes).unwrap();
+        batch(&mut conn, changes, &mut || None).unwrap();
         drop(report);
         let mut outcomes: Vec<_> = reports.iter().collect();
         outcomes.sort_by_key(|(x, _)| *x);
@@ -293,6 +301,38 @@ mod tests {
         assert_eq!(rows.iter().map(|r| r.x).collect::<Vec<_>>(), vec![1, 3, 5]);
         let logged = events::log::after(&mut conn, 0, 100).unwrap();
         assert_eq!(logged.iter().map(|e| e.id.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    }
+
+    /// Changes queued while the batch waited for the turn to write join it: one transaction, one
+    /// run of ids after those it began with.
+    #[test]
+    fn changes_queued_meanwhile_join_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&dir.path().join("m.db").display().to_string(), Some(1)).unwrap();
+        let mut conn = pool.get().unwrap();
+        db::migrate(&mut conn).unwrap();
+        conn.batch_execute("CREATE TABLE t (x BIGINT)").unwrap();
+        let (report, reports) = mpsc::channel();
+        let probe = |x| {
+            Box::new(Probe {
+                x,
+                events: 1,
+                ends: "commits",
+                report: report.clone(),
+            }) as Box<dyn Queued>
+        };
+        let mut later = vec![probe(3), probe(2)];
+        batch(&mut conn, vec![probe(1)], &mut || later.pop()).unwrap();
+        drop(report);
+        let mut outcomes: Vec<_> = reports.iter().collect();
+        outcomes.sort_by_key(|(x, _)| *x);
+        let ids: Vec<_> = outcomes.into_iter().map(|(x, r)| (x, r.unwrap())).collect();
+        assert_eq!(ids, vec![(1, vec![1]), (2, vec![2]), (3, vec![3])]);
+        let last: i64 = diesel::sql_query("SELECT COUNT(*) AS x FROM t")
+            .load::<X>(&mut conn)
+            .unwrap()[0]
+            .x;
+        assert_eq!(last, 3);
     }
 
     /// A batch whose transaction breaks under one of its changes (the savepoint cannot be
@@ -324,7 +364,7 @@ mod tests {
                     }) as Box<dyn Queued>
                 })
                 .collect();
-            assert!(batch(&mut conn, changes).is_err());
+            assert!(batch(&mut conn, changes, &mut || None).is_err());
             drop(report);
             let mut outcomes: Vec<_> = reports.iter().collect();
             outcomes.sort_by_key(|(x, _)| *x);
@@ -409,10 +449,7 @@ mod tests {
 
     /// Runs `plan` (actor, station, serial, together) as one batch; each serial's outcome, and
     /// the `battery_added` counts (station, available, total) in the order of the log.
-    fn add_in_one_batch(
-        pool: &db::Pool,
-        plan: &[(i64, i64, &str, bool)],
-    ) -> (Vec<Answer>, Vec<(i64, i64, i64)>) {
+    fn add_in_one_batch(pool: &db::Pool, plan: &[(i64, i64, &str, bool)]) -> (Vec<Answer>, Vec<(i64, i64, i64)>) {
         use crate::domain::values::Role;
         let (report, reports) = mpsc::channel();
         let changes: Vec<Box<dyn Queued>> = plan
@@ -435,7 +472,7 @@ mod tests {
             })
             .collect();
         let mut conn = pool.get().unwrap();
-        batch(&mut conn, changes).unwrap();
+        batch(&mut conn, changes, &mut || None).unwrap();
         drop(report);
         let mut outcomes: Vec<_> = reports.iter().collect();
         outcomes.sort_by_key(|(index, _, _)| *index);
