@@ -2,6 +2,7 @@
 //! helpers every database call goes through ([`run`] moves work off the async threads, [`write`]
 //! opens the one transaction of a change).
 
+mod checkpoints;
 pub mod models;
 mod readers;
 pub mod schema;

@@ -12,7 +12,9 @@ use std::sync::mpsc;
 
 use diesel::r2d2::ManageConnection;
 
-use super::{DbConn, Manager, Target};
+use diesel::connection::SimpleConnection;
+
+use super::{checkpoints, DbConn, Manager, Target};
 use crate::error::{Error, Result};
 
 /// Changes waiting for the writer beyond this are refused (503) rather than queued without end.
@@ -56,9 +58,15 @@ impl<J: Job> Writer<J> {
         let manager = Manager {
             target: Target::parse(database_url),
         };
-        let mut conn = Some(manager.connect()?);
+        let mut conn = Some(open(&manager)?);
+        // On SQLite, checkpoints run beside the writer, not in its commits.
+        let checkpointer = match manager.target {
+            Target::Sqlite(_) => Some(checkpoints::start(&manager)?),
+            Target::Postgres(_) => None,
+        };
         let (jobs, queue) = mpsc::sync_channel::<J>(QUEUE);
         std::thread::Builder::new().name("db-writer".into()).spawn(move || {
+            let _checkpointer = checkpointer;
             // Ends when every `Writer` handle is gone.
             while let Ok(first) = queue.recv() {
                 let mut jobs = vec![first];
@@ -109,8 +117,17 @@ impl<J: Job> Writer<J> {
     }
 }
 
+/// The writer's connection: on SQLite, one whose commits never checkpoint ([`checkpoints`]).
+fn open(manager: &Manager) -> anyhow::Result<DbConn> {
+    let mut conn = manager.connect()?;
+    if let DbConn::Sqlite(_) = conn {
+        conn.batch_execute(checkpoints::WRITER_PRAGMA)?;
+    }
+    Ok(conn)
+}
+
 fn reconnect(manager: &Manager) -> Option<DbConn> {
-    match manager.connect() {
+    match open(manager) {
         Ok(fresh) => Some(fresh),
         Err(e) => {
             tracing::error!(error = %e, "cannot open the database for writing");
