@@ -93,6 +93,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let hub = self.hub;
+        let cluster = hub.clone();
         actix_web::rt::spawn(async move {
             stop_signal().await;
             tracing::info!("stopping: closing WebSockets, finishing requests");
@@ -100,7 +101,9 @@ impl Application {
             actix_web::rt::time::sleep(CLOSE_GRACE).await;
             handle.stop(true).await;
         });
-        self.server.await
+        let served = self.server.await;
+        cluster.leave_cluster().await;
+        served
     }
 }
 

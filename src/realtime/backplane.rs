@@ -48,6 +48,9 @@ pub struct Backplane {
     client: Client,
     outbound: mpsc::UnboundedSender<Outbound>,
     peers: Arc<Mutex<HashMap<String, Peer>>>,
+    /// The tasks that own a subscription, and what ends them ([`Backplane::stop`]).
+    receivers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 struct Peer {
@@ -167,16 +170,40 @@ impl Backplane {
             client: client.clone(),
             outbound,
             peers: Arc::default(),
+            receivers: Arc::default(),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
         let local = Arc::new(local);
         actix_web::rt::spawn(send(client.clone(), subjects.clone(), queue, local.clone()));
-        actix_web::rt::spawn(receive_events(events, local.clone()));
-        actix_web::rt::spawn(receive_users(users, local.clone()));
-        actix_web::rt::spawn(receive_presence(presence, local.clone()));
-        actix_web::rt::spawn(receive_nodes(nodes, local.clone(), backplane.peers.clone()));
+        backplane.receive(receive_events(events, local.clone()));
+        backplane.receive(receive_users(users, local.clone()));
+        backplane.receive(receive_presence(presence, local.clone()));
+        backplane.receive(receive_nodes(nodes, local.clone(), backplane.peers.clone()));
         actix_web::rt::spawn(recheck_while_down(client.clone(), local.clone()));
         actix_web::rt::spawn(heartbeat(client, subjects, local));
         Ok(backplane)
+    }
+
+    /// Runs a task that owns a subscription until [`stop`](Self::stop).
+    fn receive(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        let mut stopping = self.stopping.subscribe();
+        let handle = actix_web::rt::spawn(async move {
+            tokio::select! {
+                () = task => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+            }
+        });
+        self.receivers.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+    }
+
+    /// Ends the subscriptions while the runtime still runs: a subscription dropped with the
+    /// runtime (when the server stops) unsubscribes through a runtime that is gone, and panics.
+    pub async fn stop(&self) {
+        self.stopping.send_replace(true);
+        let receivers = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|p| p.into_inner()));
+        for receiver in receivers {
+            let _ = receiver.await;
+        }
     }
 
     /// Hands committed events to the sending task; never waits.

@@ -116,6 +116,13 @@ impl Hub {
         Ok(())
     }
 
+    /// Leaves the cluster's subscriptions, when the server has stopped (see [`Backplane::stop`]).
+    pub async fn leave_cluster(&self) {
+        if let Some(backplane) = &self.backplane {
+            backplane.stop().await;
+        }
+    }
+
     /// The model hook: called right after a transaction committed, from the thread that committed
     /// it, so every committed event is reported even if the request that made it was abandoned.
     pub fn publish(&self, events: Vec<Event>) {

@@ -738,3 +738,31 @@ async fn outage_makes_no_false_pair(outage: Outage) {
     assert_eq!(after["viewers"], 1, "{after}");
     assert!(!signed_in_names(&after).contains(&"Driver 0".to_owned()), "{after}");
 }
+
+/// SIGTERM on a node of a cluster: it leaves its NATS subscriptions while its runtime still runs,
+/// and exits 0 without a panic (a subscription dropped with the runtime used to panic on its way
+/// out, once per subscription).
+#[actix_web::test]
+async fn a_node_of_a_cluster_stops_cleanly_on_sigterm() {
+    let Some((db, nats)) = cluster_db() else { return };
+    let mut server = node(&db, &nats, "term");
+    let ready = wait_backplane(&server, "ok").await;
+    assert_eq!(ready["backplane"], "ok", "{ready}");
+    server.signal("TERM");
+    let deadline = Instant::now() + CONVERGE;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let logs = server.logs.lock().unwrap().clone();
+    assert!(
+        !logs.iter().any(|l| l.contains("panicked")),
+        "the node panicked on its way out:\n{}",
+        logs.join("\n")
+    );
+    drop(server);
+}
