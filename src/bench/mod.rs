@@ -804,16 +804,7 @@ async fn bookings(args: BookingsArgs) -> anyhow::Result<()> {
         let (admin, token, station) = (&admin, &tokens[i % tokens.len()], stations[i % stations.len()]);
         async move {
             let began = Instant::now();
-            let status = admin
-                .http
-                .post(format!("{}/api/bookings", admin.base))
-                .bearer_auth(token)
-                .json(&json!({"station_id": station}))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            (status, began.elapsed())
+            (book_once(admin, token, station).await, began.elapsed())
         }
     }))
     .buffer_unordered(args.concurrency)
@@ -902,6 +893,19 @@ async fn count_until_quiet(
             _ => return seen,
         }
     }
+}
+
+/// One booking by the driver holding `token` at `station`: the answer's status, or 0 for none.
+async fn book_once(admin: &Admin, token: &str, station: i64) -> u16 {
+    admin
+        .http
+        .post(format!("{}/api/bookings", admin.base))
+        .bearer_auth(token)
+        .json(&json!({"station_id": station}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 /// `GET /api/stations` latencies (µs) until `stop`, one request after another.

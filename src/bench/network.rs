@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::server::BenchServer;
 use super::stats::{ms, rate, summarize, Summary};
-use super::{connect_from, count_until_quiet, driver, rss_kib, subscribe_all, Admin, DRAIN_TIMEOUT};
+use super::{book_once, connect_from, count_until_quiet, driver, rss_kib, subscribe_all, Admin, DRAIN_TIMEOUT};
 
 const DISTRICTS: [&str; 12] = [
     "Zhongzheng",
@@ -364,16 +364,7 @@ async fn book(server: &BenchServer, admin: &Admin, args: &NetworkArgs) -> anyhow
         let (token, station) = (&tokens[i % tokens.len()], stations[(i * 7919) % stations.len()]);
         async move {
             let began = Instant::now();
-            let status = admin
-                .http
-                .post(format!("{}/api/bookings", admin.base))
-                .bearer_auth(token)
-                .json(&json!({"station_id": station}))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            (status, began.elapsed())
+            (book_once(admin, token, station).await, began.elapsed())
         }
     }))
     .buffer_unordered(args.concurrency)
@@ -393,16 +384,7 @@ async fn book(server: &BenchServer, admin: &Admin, args: &NetworkArgs) -> anyhow
         let due = start + every * j as u32;
         async move {
             tokio::time::sleep_until(due).await;
-            let status = admin
-                .http
-                .post(format!("{}/api/bookings", admin.base))
-                .bearer_auth(token)
-                .json(&json!({"station_id": station}))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            (status, due.elapsed())
+            (book_once(admin, token, station).await, due.elapsed())
         }
     }))
     .await;

@@ -26,7 +26,7 @@ use crate::db::models::{Battery, Station};
 use crate::db::schema::stations;
 use crate::db::DbConn;
 use crate::error::{Error, Result};
-use crate::events::{Audience, EventBody, Inventory, InventoryAction};
+use crate::events::{Audience, EventBody, Inventory};
 
 /// One battery addition waiting in the writer's queue, and the battery it made once staged.
 pub struct Addition {
@@ -128,28 +128,7 @@ pub fn stage(conn: &mut DbConn, now: i64, additions: &mut [&mut Addition]) -> Re
                 booked_batteries: after.booked_batteries,
                 total_batteries: after.total_batteries - *later,
             };
-            let station_id = StationId(station.id);
-            let pending = vec![
-                (
-                    Audience::Station(station_id),
-                    EventBody::BatteryAdded {
-                        station_id,
-                        station_name: station.name.clone(),
-                        battery_id: BatteryId(row.id),
-                        available_batteries: inventory.available_batteries,
-                        total_batteries: inventory.total_batteries,
-                    },
-                ),
-                (
-                    Audience::Station(station_id),
-                    EventBody::InventoryUpdate {
-                        station_id,
-                        station_name: station.name.clone(),
-                        inventory,
-                        action: InventoryAction::Add,
-                    },
-                ),
-            ];
+            let pending = batteries::added_events(station, BatteryId(row.id), inventory).into();
             addition.made = Some(BatteryView::from_row(row)?);
             Ok(pending)
         }));

@@ -14,7 +14,7 @@ use crate::db::models::{Battery, BatteryChange, NewBattery, Station};
 use crate::db::schema::batteries;
 use crate::db::{on_unique_violation, DbConn};
 use crate::error::{Error, Result};
-use crate::events::{Audience, EventBody, InventoryAction};
+use crate::events::{Audience, EventBody, Inventory, InventoryAction};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BatteryView {
@@ -124,6 +124,28 @@ pub struct NewBatteryInput {
     pub soh: Percent,
 }
 
+/// What a battery added to a station emits: `battery_added` and the station's `inventory_update`,
+/// each with the station's counts right after the addition.
+pub(super) fn added_events(station: &Station, battery: BatteryId, inventory: Inventory) -> [(Audience, EventBody); 2] {
+    let station_id = StationId(station.id);
+    [
+        (
+            Audience::Station(station_id),
+            EventBody::BatteryAdded {
+                station_id,
+                station_name: station.name.clone(),
+                battery_id: battery,
+                available_batteries: inventory.available_batteries,
+                total_batteries: inventory.total_batteries,
+            },
+        ),
+        (
+            Audience::Station(station_id),
+            stations::inventory_update(station, inventory, InventoryAction::Add),
+        ),
+    ]
+}
+
 /// The refusal for a serial already in use (code, message).
 const SERIAL_TAKEN: (&str, &str) = ("serial_taken", "A battery with this serial already exists");
 
@@ -151,18 +173,10 @@ pub fn add(ch: &mut Change, actor: &Caller, station_id: StationId, input: &NewBa
         .get_result(ch.conn)
         .map_err(on_unique_violation(SERIAL_TAKEN.0, SERIAL_TAKEN.1))?;
     transition::battery_added(ch, &row)?;
-    let (inventory, update) = stations::inventory_event(ch, &station, InventoryAction::Add)?;
-    ch.emit(
-        Audience::Station(station_id),
-        EventBody::BatteryAdded {
-            station_id,
-            station_name: station.name.clone(),
-            battery_id: BatteryId(row.id),
-            available_batteries: inventory.available_batteries,
-            total_batteries: inventory.total_batteries,
-        },
-    );
-    ch.emit(Audience::Station(station_id), update);
+    let (inventory, _) = stations::inventory_event(ch, &station, InventoryAction::Add)?;
+    for (audience, event) in added_events(&station, BatteryId(row.id), inventory) {
+        ch.emit(audience, event);
+    }
     BatteryView::from_row(row)
 }
 

@@ -306,7 +306,6 @@ pub fn all(conn: &mut DbConn) -> Result<Vec<StationView>> {
         .collect()
 }
 
-/// Builds an `inventory_update` for a station as it stands inside the change.
 /// The station's `inventory_update`: its counts as this change left them (without a read when the
 /// change updated them, see [`Change::counted`]).
 pub fn inventory_event(
@@ -318,13 +317,17 @@ pub fn inventory_event(
         Some(counted) => counted,
         None => inventory(ch.conn, StationId(station.id))?,
     };
-    let event = EventBody::InventoryUpdate {
+    Ok((inventory.clone(), inventory_update(station, inventory, action)))
+}
+
+/// An `inventory_update` of a station with the given counts.
+pub fn inventory_update(station: &Station, inventory: Inventory, action: InventoryAction) -> EventBody {
+    EventBody::InventoryUpdate {
         station_id: StationId(station.id),
         station_name: station.name.clone(),
-        inventory: inventory.clone(),
+        inventory,
         action,
-    };
-    Ok((inventory, event))
+    }
 }
 
 /// Marks the station rows changed without an event (see migration 6): the next all-stations
