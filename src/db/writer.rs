@@ -60,13 +60,12 @@ impl<J: Job> Writer<J> {
         };
         let mut conn = Some(open(&manager)?);
         // On SQLite, checkpoints run beside the writer, not in its commits.
-        let checkpointer = match manager.target {
-            Target::Sqlite(_) => Some(checkpoints::start(&manager)?),
+        let checkpointer = match &manager.target {
+            Target::Sqlite(path) => Some(checkpoints::start(&manager, path)?),
             Target::Postgres(_) => None,
         };
         let (jobs, queue) = mpsc::sync_channel::<J>(QUEUE);
         std::thread::Builder::new().name("db-writer".into()).spawn(move || {
-            let _checkpointer = checkpointer;
             // Ends when every `Writer` handle is gone.
             while let Ok(first) = queue.recv() {
                 let mut jobs = vec![first];
@@ -95,7 +94,11 @@ impl<J: Job> Writer<J> {
                     Some(job)
                 };
                 match std::panic::catch_unwind(AssertUnwindSafe(|| batch(open, jobs, &mut more))) {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => {
+                        if let Some(checkpointer) = &checkpointer {
+                            checkpointer.bound(open);
+                        }
+                    }
                     Ok(Err(_)) => {
                         if manager.is_valid(open).is_err() || manager.has_broken(open) {
                             conn = reconnect(&manager);
@@ -121,7 +124,7 @@ impl<J: Job> Writer<J> {
 fn open(manager: &Manager) -> anyhow::Result<DbConn> {
     let mut conn = manager.connect()?;
     if let DbConn::Sqlite(_) = conn {
-        conn.batch_execute(checkpoints::WRITER_PRAGMA)?;
+        conn.batch_execute(&checkpoints::writer_pragmas())?;
     }
     Ok(conn)
 }
