@@ -15,8 +15,9 @@
 //! meanwhile (an outside attack saw 440 MB). So the writer bounds it too ([`Checkpointer::bound`]):
 //! after a batch, a log file past [`WRITER_LIMIT`] bytes makes the writer wait for the thread's
 //! checkpoint, then checkpoint all of the log and truncate it, before it takes the next batch — the old stall, but only when the thread beside it
-//! falls that far behind. And the log file is cut back to [`KEPT_BYTES`] when it starts over,
-//! so a burst does not leave it large for the life of the process.
+//! falls that far behind. The file is not cut back when the log starts over (SQLite overwrites it
+//! in place, cheaper than growing it again), so its size is the log's largest extent since the
+//! writer last truncated it: that is what the writer compares with the limit.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -34,19 +35,15 @@ const EVERY: Duration = Duration::from_millis(100);
 /// Log pages past which the checkpointer starts the log over (about 40 MB of 4 KiB pages).
 const RESTART_FRAMES: i64 = 10_000;
 
-/// The log file kept when the log starts over (40 MiB); more is cut off.
-const KEPT_BYTES: u64 = 40 << 20;
-
-/// A log file past this makes the writer checkpoint and truncate it itself (100 MiB).
-pub const WRITER_LIMIT: u64 = 100 << 20;
+/// A log file past this makes the writer checkpoint and truncate it itself (256 MiB).
+pub const WRITER_LIMIT: u64 = 256 << 20;
 
 /// How long the writer waits, at most, for its checkpoint of a log that outgrew the limit.
 const WRITER_WAIT: Duration = Duration::from_secs(10);
 
-/// What the writer's connection runs: its commits never checkpoint, and the log file is cut back
-/// to [`KEPT_BYTES`] when it starts over.
+/// What the writer's connection runs: its commits never checkpoint.
 pub fn writer_pragmas() -> String {
-    format!("PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {KEPT_BYTES};")
+    "PRAGMA wal_autocheckpoint = 0".to_owned()
 }
 
 /// What `PRAGMA wal_checkpoint` reports: pages in the log, and how many of them are now in the
