@@ -137,10 +137,9 @@ mod tests {
     use super::*;
     use crate::db::Target;
 
-    /// The writer's commits leave the log growing past SQLite's 1,000-page default; one pass of
-    /// the checkpointer copies all of it back.
-    #[test]
-    fn the_writer_leaves_checkpoints_to_the_checkpointer() {
+    /// A database whose writer (with the writer's pragmas) committed `pages` pages of rows one
+    /// by one; its manager, the writer's connection, and the log file's path.
+    fn grown_log(pages: usize) -> (tempfile::TempDir, Manager, DbConn, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db").display().to_string();
         let manager = Manager {
@@ -149,10 +148,18 @@ mod tests {
         let mut writer = manager.connect().unwrap();
         writer.batch_execute(&writer_pragmas()).unwrap();
         writer.batch_execute("CREATE TABLE t (b BLOB)").unwrap();
-        for _ in 0..1_500 {
+        for _ in 0..pages {
             writer.batch_execute("INSERT INTO t VALUES (zeroblob(4000))").unwrap();
         }
-        let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
+        (dir, manager, writer, PathBuf::from(format!("{path}-wal")))
+    }
+
+    /// The writer's commits leave the log growing past SQLite's 1,000-page default; one pass of
+    /// the checkpointer copies all of it back.
+    #[test]
+    fn the_writer_leaves_checkpoints_to_the_checkpointer() {
+        let (_dir, manager, _writer, wal) = grown_log(1_500);
+        let wal = std::fs::metadata(wal).unwrap().len();
         assert!(wal > 1_500 * 4_096, "the writer checkpointed: the log is {wal} bytes");
         let mut checkpointer = manager.connect().unwrap();
         checkpoint(&mut checkpointer).unwrap();
@@ -169,18 +176,7 @@ mod tests {
     /// file; one within the limit is left alone.
     #[test]
     fn the_writer_bounds_a_log_the_checkpointer_let_grow() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.db").display().to_string();
-        let manager = Manager {
-            target: Target::parse(&path),
-        };
-        let mut writer = manager.connect().unwrap();
-        writer.batch_execute(&writer_pragmas()).unwrap();
-        writer.batch_execute("CREATE TABLE t (b BLOB)").unwrap();
-        for _ in 0..500 {
-            writer.batch_execute("INSERT INTO t VALUES (zeroblob(4000))").unwrap();
-        }
-        let wal = PathBuf::from(format!("{path}-wal"));
+        let (_dir, _manager, mut writer, wal) = grown_log(500);
         let grown = std::fs::metadata(&wal).unwrap().len();
         assert!(grown > 500 * 4_096, "{grown}");
         bound(&mut writer, &wal, grown + 1);

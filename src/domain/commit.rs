@@ -11,7 +11,8 @@
 //! The savepoint is one name, kept by hand rather than by diesel's nesting: releasing one
 //! change's and taking the next one's is a single round trip (`RELEASE …; SAVEPOINT …`), and a
 //! change rolled back leaves the savepoint where the next one needs it. On PostgreSQL, where every
-//! statement is a round trip, that is one of the five or six an addition costs.
+//! statement is a round trip, that matters to every change; battery additions next to each other
+//! go further and share their statements and their savepoint ([`additions`]).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -252,6 +253,16 @@ mod tests {
         }
     }
 
+    /// A migrated database with the probes' table `t`, and a connection to it.
+    fn probe_db(connections: u32) -> (tempfile::TempDir, db::Pool, diesel::r2d2::PooledConnection<db::Manager>) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::connect(&dir.path().join("p.db").display().to_string(), Some(connections)).unwrap();
+        let mut conn = pool.get().unwrap();
+        db::migrate(&mut conn).unwrap();
+        conn.batch_execute("CREATE TABLE t (x BIGINT)").unwrap();
+        (dir, pool, conn)
+    }
+
     #[derive(diesel::QueryableByName)]
     struct X {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -262,11 +273,7 @@ mod tests {
     /// consecutive event ids in the order of the batch, and nothing of the refused ones remains.
     #[test]
     fn a_failing_change_rolls_back_alone_and_the_rest_commit_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = db::connect(&dir.path().join("c.db").display().to_string(), Some(1)).unwrap();
-        let mut conn = pool.get().unwrap();
-        db::migrate(&mut conn).unwrap();
-        conn.batch_execute("CREATE TABLE t (x BIGINT)").unwrap();
+        let (_dir, _pool, mut conn) = probe_db(1);
         let (report, reports) = mpsc::channel();
         let plan = [
             (1, 2, "commits"),
@@ -307,11 +314,7 @@ mod tests {
     /// run of ids after those it began with.
     #[test]
     fn changes_queued_meanwhile_join_the_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = db::connect(&dir.path().join("m.db").display().to_string(), Some(1)).unwrap();
-        let mut conn = pool.get().unwrap();
-        db::migrate(&mut conn).unwrap();
-        conn.batch_execute("CREATE TABLE t (x BIGINT)").unwrap();
+        let (_dir, _pool, mut conn) = probe_db(1);
         let (report, reports) = mpsc::channel();
         let probe = |x| {
             Box::new(Probe {
@@ -347,11 +350,7 @@ mod tests {
             &[(1, "commits"), (2, "breaks")],
         ];
         for plan in plans {
-            let dir = tempfile::tempdir().unwrap();
-            let pool = db::connect(&dir.path().join("b.db").display().to_string(), Some(2)).unwrap();
-            let mut conn = pool.get().unwrap();
-            db::migrate(&mut conn).unwrap();
-            conn.batch_execute("CREATE TABLE t (x BIGINT)").unwrap();
+            let (_dir, pool, mut conn) = probe_db(2);
             let (report, reports) = mpsc::channel();
             let changes: Vec<Box<dyn Queued>> = plan
                 .iter()

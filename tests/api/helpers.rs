@@ -401,6 +401,18 @@ impl ChildServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Waits for the process to exit after a signal (20 s at most) and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not exit");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
