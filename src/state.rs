@@ -67,7 +67,12 @@ impl AppState {
             span: tracing::Span::current(),
             done,
         };
-        self.writer.submit(Box::new(queued))?;
+        self.queue(Box::new(queued), answer).await
+    }
+
+    /// Hands a change to the writer and waits for its answer.
+    async fn queue<T>(&self, change: Box<dyn Queued>, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+        self.writer.submit(change)?;
         answer
             .await
             .map_err(|_| Error::Internal(anyhow::anyhow!("the database writer dropped a change")))?
@@ -82,10 +87,7 @@ impl AppState {
             hub: self.hub.clone(),
             done,
         };
-        self.writer.submit(Box::new(queued))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the database writer dropped a change")))?
+        self.queue(Box::new(queued), answer).await
     }
 
     /// A station's presence as this caller may see it (CONTRACT §4.5): anyone who may watch the
