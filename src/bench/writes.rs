@@ -4,6 +4,7 @@
 //! PostgreSQL, and on two nodes sharing one PostgreSQL database, side by side in one run. A watcher
 //! of the all-stations feed counts the events, so a write counts only with its events delivered.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -215,12 +216,18 @@ async fn measure(deployment: &Deployment, args: &WritesArgs) -> anyhow::Result<V
         "\"battery_updated\"",
     ));
     let batch = args.batch;
+    // Each battery's readings count up, so that every reading changes its battery (an unchanged
+    // reading is applied and writes nothing: a workload where some readings repeat would measure
+    // less work, and how many repeat would depend on how many batteries the additions made).
+    let readings_of: Vec<AtomicUsize> = serials.iter().map(|_| AtomicUsize::new(0)).collect();
     let (outcome, answers) = flood(args, &bases, |worker, k, base| {
         let start = (worker * 7919 + k * batch) % serials.len();
         let readings: Vec<Value> = (0..batch)
             .map(|i| {
-                let (_, serial) = &serials[(start + i) % serials.len()];
-                json!({"serial": serial, "soc": 1 + ((k + worker + i) % 90)})
+                let at = (start + i) % serials.len();
+                let (_, serial) = &serials[at];
+                let nth = readings_of[at].fetch_add(1, Ordering::Relaxed);
+                json!({"serial": serial, "soc": 1 + (nth % 90)})
             })
             .collect();
         let request = admin

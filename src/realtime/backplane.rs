@@ -1,11 +1,12 @@
 //! The cluster backplane (`SWAPCAST_NATS_URL`): several nodes on one database behave as one.
 //!
 //! After a commit, the node that made the change publishes its events on NATS
-//! (`swapcast.<cluster>.events.station.<id>`, `….events.user.<id>`); every node subscribes and
-//! hands other nodes' events to its publisher, which orders them among its own. NATS delivers at
-//! most once, so it is only the fast path: the publisher fills holes and outages from the event
-//! log (see [`super::publisher`]), and nothing here waits for NATS — while it is away, outgoing
-//! events are dropped, not queued.
+//! (`swapcast.<cluster>.events`), a commit's events together in as few messages as fit; every node
+//! subscribes and hands other nodes' events to its publisher, which orders them among its own.
+//! (One message per event made each event a publish, a decode on every node — its own included —
+//! and a hand-off to the publisher of its own.) NATS delivers at most once, so it is only the fast
+//! path: the publisher fills holes and outages from the event log (see [`super::publisher`]), and
+//! nothing here waits for NATS — while it is away, outgoing events are dropped, not queued.
 //!
 //! `<cluster>` is an id kept in the database, so nodes find each other by sharing a database and
 //! two deployments on one NATS server never mix. Nodes also tell each other who they are and whom
@@ -29,7 +30,7 @@ use super::publisher::Publisher;
 use super::registry::Registries;
 use crate::auth::callers::CallerCache;
 use crate::domain::ids::UserId;
-use crate::events::{Audience, Event};
+use crate::events::Event;
 use crate::metrics::Metrics;
 
 /// How often a node tells the others about itself; one silent for three of these is gone.
@@ -78,15 +79,8 @@ struct Subjects {
 }
 
 impl Subjects {
-    fn event(&self, audience: Audience) -> String {
-        match audience {
-            Audience::Station(station) => format!("{}.events.station.{}", self.prefix, station.0),
-            Audience::User(user) => format!("{}.events.user.{}", self.prefix, user.0),
-        }
-    }
-
-    fn all_events(&self) -> String {
-        format!("{}.events.>", self.prefix)
+    fn events(&self) -> String {
+        format!("{}.events", self.prefix)
     }
 
     fn nodes(&self) -> String {
@@ -101,6 +95,13 @@ impl Subjects {
         format!("{}.presence", self.prefix)
     }
 }
+
+/// Names the node that published a batch of events, so that a node passes over its own unread.
+const NODE_HEADER: &str = "Swapcast-Node";
+/// A message of events is cut after the event that takes it past this many bytes: well under the
+/// 1 MiB NATS refuses by default, and a batched telemetry commit (thousands of events) still goes
+/// in a few messages.
+const EVENTS_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// The hub's actors a backplane feeds.
 pub struct Local {
@@ -161,7 +162,7 @@ impl Backplane {
             local.publisher.do_send(BackplaneState { up: false });
         }
 
-        let events = client.subscribe(subjects.all_events()).await?;
+        let events = client.subscribe(subjects.events()).await?;
         let nodes = client.subscribe(subjects.nodes()).await?;
         let users = client.subscribe(subjects.users()).await?;
         let presence = client.subscribe(subjects.presence()).await?;
@@ -273,10 +274,19 @@ async fn send(client: Client, subjects: Subjects, mut queue: mpsc::UnboundedRece
             continue;
         }
         let messages = match item {
-            Outbound::Events(events) => events
-                .into_iter()
-                .filter_map(|event| Some((subjects.event(event.audience), encode(&local.node, event)?)))
-                .collect(),
+            Outbound::Events(events) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(NODE_HEADER, &*local.node);
+                for payload in event_messages(&events) {
+                    let published = client
+                        .publish_with_headers(subjects.events(), headers.clone(), payload)
+                        .await;
+                    if let Err(e) = published {
+                        tracing::warn!(error = %e, "backplane publish failed");
+                    }
+                }
+                continue;
+            }
             Outbound::UserChanged(user) => encode(&local.node, user)
                 .map(|payload| vec![(subjects.users(), payload)])
                 .unwrap_or_default(),
@@ -292,10 +302,42 @@ async fn send(client: Client, subjects: Subjects, mut queue: mpsc::UnboundedRece
     }
 }
 
+/// A commit's events as JSON arrays of at most about [`EVENTS_MESSAGE_BYTES`] each, in order.
+fn event_messages(events: &[Event]) -> Vec<bytes::Bytes> {
+    let mut messages = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    for event in events {
+        let mut one = match serde_json::to_vec(event) {
+            Ok(one) => one,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode an event for the backplane");
+                continue;
+            }
+        };
+        current.push(if current.is_empty() { b'[' } else { b',' });
+        current.append(&mut one);
+        if current.len() >= EVENTS_MESSAGE_BYTES {
+            current.push(b']');
+            messages.push(std::mem::take(&mut current).into());
+        }
+    }
+    if !current.is_empty() {
+        current.push(b']');
+        messages.push(current.into());
+    }
+    messages
+}
+
 async fn receive_events(mut events: Subscriber, local: Arc<Local>) {
     while let Some(message) = events.next().await {
-        if let Some(event) = decode::<Event>(&local.node, &message.payload) {
-            local.publisher.do_send(Committed(vec![event]));
+        let sender = message.headers.as_ref().and_then(|h| h.get(NODE_HEADER));
+        if sender.is_some_and(|node| node.as_str() == &*local.node) {
+            continue;
+        }
+        match serde_json::from_slice::<Vec<Event>>(&message.payload) {
+            Ok(events) if !events.is_empty() => local.publisher.do_send(Committed(events)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "undecodable backplane events"),
         }
     }
 }
@@ -361,5 +403,59 @@ async fn heartbeat(client: Client, subjects: Subjects, local: Arc<Local>) {
                 tracing::warn!(error = %e, "backplane heartbeat failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{EventId, UserId};
+    use crate::domain::values::Level;
+    use crate::events::{Audience, EventBody};
+
+    fn notification(id: i64, message: String) -> Event {
+        Event {
+            id: EventId(id),
+            at: 1_709_029_800_000,
+            audience: Audience::User(UserId(id % 7)),
+            body: EventBody::Notification {
+                title: "t".into(),
+                message,
+                level: Level::Info,
+            },
+        }
+    }
+
+    /// A commit's events go in messages NATS takes (each cut just past the size), and arrive as
+    /// they left: all of them, in order.
+    #[test]
+    fn a_commits_events_go_in_few_messages_in_order() {
+        let events: Vec<Event> = (1..=3_000)
+            .map(|id| notification(id, "x".repeat(id as usize % 300)))
+            .collect();
+        let largest = events
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap().len())
+            .max()
+            .unwrap();
+        let messages = event_messages(&events);
+        assert!(
+            messages.len() > 1,
+            "{} bytes of events in one message",
+            EVENTS_MESSAGE_BYTES
+        );
+        let mut heard = Vec::new();
+        for message in &messages {
+            assert!(
+                message.len() <= EVENTS_MESSAGE_BYTES + largest + 2,
+                "{} bytes",
+                message.len()
+            );
+            heard.extend(serde_json::from_slice::<Vec<Event>>(message).unwrap());
+        }
+        assert_eq!(heard, events);
+        assert!(event_messages(&[]).is_empty());
+        let one = event_messages(&events[..1]);
+        assert_eq!(serde_json::from_slice::<Vec<Event>>(&one[0]).unwrap(), events[..1]);
     }
 }
