@@ -28,6 +28,8 @@ pub struct Metrics {
     /// Channels caught up by replaying the event log (`last_event_id`).
     pub resume_replays: IntCounter,
     pub snapshot_reads: IntCounter,
+    /// One station's feed opened with the station read from the database, not as kept.
+    pub station_snapshot_reads: IntCounter,
     /// Transactions of the group commit, and the changes they held: their ratio is the batch size.
     pub write_batches: IntCounter,
     pub batched_changes: IntCounter,
@@ -91,6 +93,10 @@ impl Metrics {
             snapshot_reads: counter(
                 "swapcast_snapshot_reads_total",
                 "All-stations snapshots read from the database (one serves every connection at its position)",
+            ),
+            station_snapshot_reads: counter(
+                "swapcast_station_snapshot_reads_total",
+                "Station feeds opened with the station read from the database (the others open with it as kept)",
             ),
             write_batches: counter(
                 "swapcast_write_batches_total",

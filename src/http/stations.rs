@@ -107,6 +107,7 @@ async fn update(
                 Ok((stations::update(ch, &actor, id, &patch)?, before))
             },
             |(station, before), hub| {
+                hub.stations_changed();
                 // Who operates a station decides who sees its bookers' emails: both operators'
                 // live connections re-check.
                 if *before != station.operator_id {

@@ -11,8 +11,10 @@
 //! `<cluster>` is an id kept in the database, so nodes find each other by sharing a database and
 //! two deployments on one NATS server never mix. Nodes also tell each other who they are and whom
 //! they serve (`….nodes`), for the cluster-wide `GET /api/realtime/stats`, and which users an
-//! admin changed (`….users`), so those users' sessions on every node re-check their rights; and
-//! who watches which station (`….presence`, see [`super::presence`]).
+//! admin changed (`….users`), so those users' sessions on every node re-check their rights; that
+//! station rows changed without an event (`….stations`, so that no node opens a feed with a
+//! station as it was kept before, see [`super::snapshots`]); and who watches which station
+//! (`….presence`, see [`super::presence`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use tokio::sync::mpsc;
 use super::messages::{BackplaneState, Committed, PresenceHeard, PresenceWire, RecheckAll, RegistryStats, UserChanged};
 use super::publisher::Publisher;
 use super::registry::Registries;
+use super::snapshots::StationSnapshots;
 use crate::auth::callers::CallerCache;
 use crate::domain::ids::UserId;
 use crate::events::Event;
@@ -62,6 +65,7 @@ struct Peer {
 enum Outbound {
     Events(Vec<Event>),
     UserChanged(UserId),
+    StationsChanged,
     Presence(PresenceWire),
 }
 
@@ -91,6 +95,10 @@ impl Subjects {
         format!("{}.users", self.prefix)
     }
 
+    fn stations(&self) -> String {
+        format!("{}.stations", self.prefix)
+    }
+
     fn presence(&self) -> String {
         format!("{}.presence", self.prefix)
     }
@@ -110,6 +118,7 @@ pub struct Local {
     pub registry: Registries,
     pub metrics: Arc<Metrics>,
     pub actors: Arc<CallerCache>,
+    pub stations: Arc<StationSnapshots>,
     pub presence: Recipient<PresenceHeard>,
 }
 
@@ -165,6 +174,7 @@ impl Backplane {
         let events = client.subscribe(subjects.events()).await?;
         let nodes = client.subscribe(subjects.nodes()).await?;
         let users = client.subscribe(subjects.users()).await?;
+        let stations = client.subscribe(subjects.stations()).await?;
         let presence = client.subscribe(subjects.presence()).await?;
         let (outbound, queue) = mpsc::unbounded_channel();
         let backplane = Backplane {
@@ -178,6 +188,7 @@ impl Backplane {
         actix_web::rt::spawn(send(client.clone(), subjects.clone(), queue, local.clone()));
         backplane.receive(receive_events(events, local.clone()));
         backplane.receive(receive_users(users, local.clone()));
+        backplane.receive(receive_stations(stations, local.clone()));
         backplane.receive(receive_presence(presence, local.clone()));
         backplane.receive(receive_nodes(nodes, local.clone(), backplane.peers.clone()));
         actix_web::rt::spawn(recheck_while_down(client.clone(), local.clone()));
@@ -214,6 +225,10 @@ impl Backplane {
 
     pub fn user_changed(&self, user: UserId) {
         let _ = self.outbound.send(Outbound::UserChanged(user));
+    }
+
+    pub fn stations_changed(&self) {
+        let _ = self.outbound.send(Outbound::StationsChanged);
     }
 
     /// Sent in the order given, after what was handed over before (presence numbers its changes).
@@ -290,6 +305,9 @@ async fn send(client: Client, subjects: Subjects, mut queue: mpsc::UnboundedRece
             Outbound::UserChanged(user) => encode(&local.node, user)
                 .map(|payload| vec![(subjects.users(), payload)])
                 .unwrap_or_default(),
+            Outbound::StationsChanged => encode(&local.node, ())
+                .map(|payload| vec![(subjects.stations(), payload)])
+                .unwrap_or_default(),
             Outbound::Presence(wire) => encode(&local.node, wire)
                 .map(|payload| vec![(subjects.presence(), payload)])
                 .unwrap_or_default(),
@@ -347,6 +365,14 @@ async fn receive_users(mut users: Subscriber, local: Arc<Local>) {
         if let Some(user) = decode::<UserId>(&local.node, &message.payload) {
             local.actors.forget(user);
             local.registry.broadcast(UserChanged { user });
+        }
+    }
+}
+
+async fn receive_stations(mut stations: Subscriber, local: Arc<Local>) {
+    while let Some(message) = stations.next().await {
+        if decode::<()>(&local.node, &message.payload).is_some() {
+            local.stations.forget_all();
         }
     }
 }

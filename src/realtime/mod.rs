@@ -39,6 +39,7 @@ use messages::{Committed, SessionId, UserChanged};
 use presence::{Presence, PresenceQuery, UseBackplane};
 use publisher::Publisher;
 use registry::Registries;
+use snapshots::StationSnapshots;
 
 /// Handles to the running hub; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -56,6 +57,8 @@ pub struct Hub {
     pub per_ip: Arc<per_ip::PerIp>,
     /// Signed-in users as last read; [`Hub::user_changed`] forgets them.
     pub actors: Arc<CallerCache>,
+    /// Stations as their feeds last opened with them; [`Hub::stations_changed`] forgets them.
+    pub stations: Arc<StationSnapshots>,
     /// The newest event id this node knows to be committed: what a connecting client is told,
     /// without a database read per handshake.
     latest: Arc<AtomicI64>,
@@ -77,9 +80,11 @@ impl Hub {
         let registry = registries.expect("the registries start with presence");
         let directory = NotifierDirectory::new(metrics.clone()).start();
         let latest = Arc::new(AtomicI64::new(last_event_id));
+        let stations = Arc::new(StationSnapshots::default());
         let publisher = Publisher::new(
             last_event_id,
             latest.clone(),
+            stations.clone(),
             pool,
             registry.clone(),
             directory.clone(),
@@ -95,6 +100,7 @@ impl Hub {
             node,
             backplane: None,
             actors: Arc::default(),
+            stations,
             per_ip: Arc::default(),
             latest,
         }
@@ -108,6 +114,7 @@ impl Hub {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             actors: self.actors.clone(),
+            stations: self.stations.clone(),
             presence: self.presence.clone().recipient(),
         };
         let backplane = Backplane::start(url, cluster, local).await?;
@@ -143,6 +150,16 @@ impl Hub {
         self.registry.broadcast(UserChanged { user });
         if let Some(backplane) = &self.backplane {
             backplane.user_changed(user);
+        }
+    }
+
+    /// An admin or operator changed station rows without an event (a name, an operator): the
+    /// stations kept for opening feeds are forgotten, here and on every node. Called right after
+    /// the change committed.
+    pub fn stations_changed(&self) {
+        self.stations.forget_all();
+        if let Some(backplane) = &self.backplane {
+            backplane.stations_changed();
         }
     }
 

@@ -20,7 +20,10 @@ use actix::prelude::*;
 use super::directory::NotifierDirectory;
 use super::messages::*;
 use super::registry::Registries;
+use super::snapshots::StationSnapshots;
 use crate::db::{self, Pool};
+use crate::domain::ids::StationId;
+use crate::domain::stations;
 use crate::events::wire::{render, Rendered};
 use crate::events::{log, Audience, Event};
 use crate::metrics::Metrics;
@@ -53,6 +56,8 @@ pub struct Publisher {
     backplane_up: bool,
     /// The hub's newest known committed id, raised by what arrives from elsewhere.
     latest: Arc<AtomicI64>,
+    /// Told of each station event before it is routed, and of the stations revision at each poll.
+    stations: Arc<StationSnapshots>,
     pool: Pool,
     registry: Registries,
     directory: Addr<NotifierDirectory>,
@@ -64,6 +69,7 @@ impl Publisher {
     pub fn new(
         last_event_id: i64,
         latest: Arc<AtomicI64>,
+        stations: Arc<StationSnapshots>,
         pool: Pool,
         registry: Registries,
         directory: Addr<NotifierDirectory>,
@@ -79,6 +85,7 @@ impl Publisher {
             read_all: false,
             backplane_up: true,
             latest,
+            stations,
             pool,
             registry,
             directory,
@@ -86,11 +93,11 @@ impl Publisher {
         }
     }
 
-    fn route(&mut self, event: Event, stations: &mut Vec<Arc<Rendered>>) {
+    fn route(&mut self, event: Event, stations: &mut Vec<(StationId, i64, Arc<Rendered>)>) {
         self.metrics.count_event();
         let rendered = Arc::new(render(&event));
         match event.audience {
-            Audience::Station(_) => stations.push(rendered),
+            Audience::Station(station) => stations.push((station, event.id.0, rendered)),
             Audience::User(_) => self.directory.do_send(Publish(rendered)),
         }
         self.next = event.id.0 + 1;
@@ -115,7 +122,10 @@ impl Publisher {
             self.route(event, &mut stations);
         }
         if !stations.is_empty() {
-            self.registry.broadcast(PublishStations(stations));
+            self.stations
+                .routed(stations.iter().map(|(station, id, _)| (*station, *id)));
+            let rendered = stations.into_iter().map(|(_, _, rendered)| rendered).collect();
+            self.registry.broadcast(PublishStations(rendered));
         }
         self.stalled_since = match (self.waiting.is_empty(), self.stalled_since) {
             (true, _) => None,
@@ -152,21 +162,22 @@ impl Publisher {
         let pool = self.pool.clone();
         let read = async move {
             db::run(&pool, move |conn| {
-                let latest = log::latest_id(conn)?;
+                let (latest, revision) = stations::revision(conn)?;
                 let upto = upto.map(|upto| upto.min(latest).min(from + FETCH_LIMIT - 1));
                 let events = match upto {
                     Some(upto) if upto >= from => log::range(conn, from, upto)?,
                     _ => Vec::new(),
                 };
-                Ok((latest, upto, events))
+                Ok((latest, revision, upto, events))
             })
             .await
         };
         ctx.spawn(read.into_actor(self).map(move |result, this, _| {
             this.fetching = false;
             match result {
-                Ok((latest, upto, events)) => {
+                Ok((latest, revision, upto, events)) => {
                     this.polled_latest = latest;
+                    this.stations.saw_revision(revision);
                     match upto {
                         Some(upto) if upto >= from => this.fetched(from, upto, events),
                         _ => {}

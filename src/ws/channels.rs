@@ -15,7 +15,7 @@ use crate::auth::extract::load_caller;
 use crate::auth::{policy, Caller, Identity};
 use crate::clock::now_ms;
 use crate::db;
-use crate::domain::ids::StationId;
+use crate::domain::ids::{StationId, UserId};
 use crate::domain::stations;
 use crate::domain::values::Role;
 use crate::error::{Error, Result};
@@ -26,6 +26,7 @@ use crate::realtime::messages::{
     Channel, Connect, Decided, PersonalData, Reinstate, SessionId, Settled, SharedOutlet, Subscribe, SubscribedBy,
     ToSession, Viewer,
 };
+use crate::realtime::snapshots::KeptStation;
 use crate::state::AppState;
 
 /// Where a channel starts: fresh (with a snapshot) or after an event id the client already has.
@@ -103,7 +104,10 @@ async fn authorize(state: &AppState, actor: Option<&Caller>, channel: Channel) -
             let who = actor.cloned();
             state
                 .read(move |conn| match channel {
-                    Channel::Station(id) => Ok(personal_at(who.as_ref(), &stations::load(conn, id)?)),
+                    Channel::Station(id) => Ok(personal_at(
+                        who.as_ref(),
+                        stations::operator_of(&stations::load(conn, id)?),
+                    )),
                     _ if policy::sees_all_personal_data(who.as_ref()) => Ok(PersonalData::Shown),
                     _ => {
                         let operated: HashSet<StationId> = stations::operated_by(conn, who.as_ref())?
@@ -123,32 +127,49 @@ async fn authorize(state: &AppState, actor: Option<&Caller>, channel: Channel) -
     }
 }
 
-/// A fresh subscription to one station: may the caller watch it, and its snapshot, in one
-/// database read. The snapshot is read before the registration, so [`catch_up`] takes what
-/// committed in between from the log — which it knows, without asking the database, from the
-/// newest id the hub has seen. (Opening a station's feed is what a dashboard does on every load:
-/// each hop to the database is a thread hand-off in the connection's critical path.)
+/// A fresh subscription to one station: may the caller watch it, and its snapshot — as kept
+/// from the station's last opening when nothing can have changed it since
+/// ([`StationSnapshots`](crate::realtime::snapshots::StationSnapshots)), else in one database
+/// read. The snapshot is taken before the registration, so [`catch_up`] takes what was routed in
+/// between from the log. (Opening a station's feed is what a dashboard does on every load: each
+/// hop to the database is a thread hand-off in the connection's critical path.)
 async fn authorize_with_snapshot(
     state: &AppState,
     actor: Option<&Caller>,
     id: StationId,
 ) -> Result<(PersonalData, Snapshot)> {
     policy::may_read_stations(actor, state.settings.public_feeds)?;
-    let who = actor.cloned();
-    state
-        .read(move |conn| {
-            db::read_consistent(conn, |conn| {
-                let station = stations::load(conn, id)?;
-                let personal = personal_at(who.as_ref(), &station);
-                Ok((personal, Snapshot::read(conn, station)?))
-            })
-        })
-        .await
+    let kept = match state.hub.stations.get(id) {
+        Some(kept) => kept,
+        None => {
+            let epoch = state.hub.stations.epoch();
+            let (revision, read) = state
+                .read(move |conn| {
+                    db::read_consistent(conn, |conn| {
+                        let station = stations::StationView::new(stations::load(conn, id)?)?;
+                        let (position, revision) = stations::revision(conn)?;
+                        Ok((revision, KeptStation { position, station }))
+                    })
+                })
+                .await?;
+            state.hub.metrics.station_snapshot_reads.inc();
+            state.hub.stations.keep(epoch, revision, read)
+        }
+    };
+    let personal = personal_at(actor, kept.station.operator_id);
+    let text = wire::snapshot(&kept.station, kept.position, now_ms());
+    Ok((
+        personal,
+        Snapshot {
+            position: kept.position,
+            text,
+        },
+    ))
 }
 
 /// Where a caller sees personal data of one station's events: there, or nowhere.
-fn personal_at(who: Option<&Caller>, station: &crate::db::models::Station) -> PersonalData {
-    if policy::sees_personal_data(who, stations::operator_of(station)) {
+fn personal_at(who: Option<&Caller>, operator: Option<UserId>) -> PersonalData {
+    if policy::sees_personal_data(who, operator) {
         PersonalData::Shown
     } else {
         PersonalData::Hidden
@@ -358,9 +379,9 @@ async fn catch_up(
         Channel::Station(id) => {
             let Snapshot { position, text } = match read_ahead {
                 Some(snapshot) => {
-                    // Registered now: every event the hub saw before this is in the log, and
-                    // every later one reaches the registry and is held.
-                    behind = state.hub.latest_event_id() > snapshot.position;
+                    // Registered now: every event of the station routed before this is in the
+                    // log, and every one routed later reaches the registry and is held.
+                    behind = state.hub.stations.routed_after(id, snapshot.position);
                     snapshot
                 }
                 None => {

@@ -758,3 +758,48 @@ async fn a_node_of_a_cluster_stops_cleanly_on_sigterm() {
     );
     drop(server);
 }
+
+/// A station's name changed on one node (no event) opens changed on the other, which had the
+/// station kept from an opening before: the changing node's word over NATS, or its poll of the
+/// log, makes it forget.
+#[actix_web::test]
+async fn a_station_renamed_on_one_node_opens_renamed_on_the_other() {
+    let Some((db, nats)) = cluster_db() else { return };
+    let a = node(&db, &nats, "node-a");
+    let b = node(&db, &nats, "node-b");
+    for server in [&a, &b] {
+        assert_eq!(wait_backplane(server, "ok").await["backplane"], "ok");
+    }
+    let admin_a = ChildAdmin::sign_in(&a, ADMIN).await;
+    let admin_b = ChildAdmin::sign_in(&b, ADMIN).await;
+    let station = admin_a.station("Before").await;
+    let name_on_a = || async {
+        let mut client = watch(&a, &format!("/ws/stations/{station}/")).await;
+        assert_eq!(client.next_json().await["type"], "connection_established");
+        let snapshot = client.next_json().await;
+        snapshot["station_name"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(name_on_a().await, "Before");
+    assert_eq!(name_on_a().await, "Before");
+    let reads = metric(&a, "swapcast_station_snapshot_reads_total").await;
+    assert_eq!(reads, 1.0, "the second opening had the station as kept");
+
+    let renamed = admin_b
+        .http
+        .patch(format!("{}/api/stations/{station}", admin_b.address))
+        .bearer_auth(&admin_b.token)
+        .json(&json!({"name": "After"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), 200);
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let name = name_on_a().await;
+        if name == "After" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A still opens the station as {name}");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
