@@ -139,7 +139,11 @@ async fn authorize_with_snapshot(
     id: StationId,
 ) -> Result<(PersonalData, Snapshot)> {
     policy::may_read_stations(actor, state.settings.public_feeds)?;
-    let kept = match state.hub.stations.get(id) {
+    // Whether an operator sees personal data here depends on who operates the station now: read,
+    // never taken as kept (a station handed over on another node is forgotten here only once that
+    // node's word arrives). For anyone else it does not depend on the station.
+    let operator_decides = policy::may_see_personal_data_somewhere(actor) && !policy::sees_all_personal_data(actor);
+    let kept = match state.hub.stations.get(id).filter(|_| !operator_decides) {
         Some(kept) => kept,
         None => {
             let epoch = state.hub.stations.epoch();

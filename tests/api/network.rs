@@ -522,3 +522,43 @@ async fn a_station_kept_from_before_a_new_operator_shows_personal_data_to_the_ne
     let booked = current.next_json().await;
     assert_eq!(booked["user"], driver.email, "{booked}");
 }
+
+/// An operator's feed opens with the station read, never as kept: who sees bookers' emails
+/// depends on who operates it now, and a station handed over elsewhere is forgotten here only
+/// once word of it arrives (here: a change behind the server's back that says nothing).
+#[actix_web::test]
+async fn an_operators_feed_reads_who_operates_the_station_now() {
+    use crate::wsclient::Client;
+    use diesel::RunQueryDsl;
+    let app = spawn_app().await;
+    let operator = app.user("operator").await;
+    let successor = app.user("operator").await;
+    let driver = app.user("user").await;
+    let station = app.station("Quietly handed over", Some(&operator)).await;
+    app.battery(station, "QH-1").await;
+    station_snapshot(&app, station, None).await;
+    let reads = || metric(&app, "swapcast_station_snapshot_reads_total");
+    assert_eq!(reads().await, 1.0);
+    let pool = swapcast::db::connect(&app.db.url(), Some(1)).unwrap();
+    diesel::sql_query(format!(
+        "UPDATE stations SET operator_id = {} WHERE id = {station}",
+        successor.id
+    ))
+    .execute(&mut *pool.get().unwrap())
+    .unwrap();
+    // Anyone else still opens with the station as kept.
+    station_snapshot(&app, station, Some(&driver.token)).await;
+    station_snapshot(&app, station, Some(&app.admin.token)).await;
+    assert_eq!(reads().await, 1.0);
+    let path = format!("/ws/stations/{station}/");
+    let (mut former, _) = Client::open(&app, &path, Some(&operator.token)).await;
+    assert_eq!(former.next_json().await["action"], "snapshot");
+    assert_eq!(reads().await, 2.0, "the operator's opening read the station");
+    app.book(station, &driver).await;
+    let booked = former.next_json().await;
+    assert_eq!(booked["type"], "battery_booked", "{booked}");
+    assert!(
+        booked.get("user").is_none(),
+        "the former operator sees no email: {booked}"
+    );
+}
