@@ -61,6 +61,12 @@ pub fn may_see_personal_data_somewhere(actor: Option<&Caller>) -> bool {
     actor.is_some_and(|a| matches!(a.role, Role::Admin | Role::Operator))
 }
 
+/// Whether a caller's sight of personal data at a station turns on who operates it (operators):
+/// for anyone else the answer is the same at every station.
+pub fn personal_data_turns_on_operator(actor: Option<&Caller>) -> bool {
+    actor.is_some_and(|a| a.role == Role::Operator)
+}
+
 /// Whether a caller sees personal data of every station, present and future: admins.
 pub fn sees_all_personal_data(actor: Option<&Caller>) -> bool {
     actor.is_some_and(|a| a.role == Role::Admin)

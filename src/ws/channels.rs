@@ -139,10 +139,10 @@ async fn authorize_with_snapshot(
     id: StationId,
 ) -> Result<(PersonalData, Snapshot)> {
     policy::may_read_stations(actor, state.settings.public_feeds)?;
-    // Whether an operator sees personal data here depends on who operates the station now: read,
-    // never taken as kept (a station handed over on another node is forgotten here only once that
-    // node's word arrives). For anyone else it does not depend on the station.
-    let operator_decides = policy::may_see_personal_data_somewhere(actor) && !policy::sees_all_personal_data(actor);
+    // Where who operates the station decides what the caller sees, it is read, never taken as
+    // kept: a station handed over on another node is forgotten here only once that node's word
+    // arrives.
+    let operator_decides = policy::personal_data_turns_on_operator(actor);
     let kept = match state.hub.stations.get(id).filter(|_| !operator_decides) {
         Some(kept) => kept,
         None => {
