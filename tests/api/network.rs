@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{kinds, spawn_app, TestApp};
+use crate::helpers::{kinds, spawn_app, TestApp, TestUser};
 
 /// A station's counts as the API shows them, and as its batteries say they should be.
 async fn counts_agree(app: &TestApp, station: i64) -> (i64, i64, i64, i64) {
@@ -426,6 +426,29 @@ async fn station_snapshot(app: &TestApp, station: i64, token: Option<&str>) -> (
     )
 }
 
+/// A station of one operator with two batteries, the operator to hand it over to, and a driver
+/// to book there.
+async fn handover(app: &TestApp) -> (TestUser, TestUser, TestUser, i64) {
+    let operator = app.user("operator").await;
+    let successor = app.user("operator").await;
+    let driver = app.user("user").await;
+    let station = app.station("Handed over", Some(&operator)).await;
+    app.battery(station, "HO-1").await;
+    app.battery(station, "HO-2").await;
+    (operator, successor, driver, station)
+}
+
+/// Changes the app's database without the app: as another node whose word was lost, or an
+/// offline import, does.
+fn behind_the_servers_back(app: &TestApp, statements: &[&str]) {
+    use diesel::RunQueryDsl;
+    let pool = swapcast::db::connect(&app.db.url(), Some(1)).unwrap();
+    let mut conn = pool.get().unwrap();
+    for sql in statements {
+        diesel::sql_query(*sql).execute(&mut *conn).unwrap();
+    }
+}
+
 /// A station's feed opens with the station as kept from its last opening — no database read —
 /// only while nothing can have changed it: an event of the station, a change without an event
 /// made here, or one made elsewhere (another node, an offline import: a newer stations revision).
@@ -464,17 +487,13 @@ async fn a_station_feed_opens_with_the_station_as_kept_until_anything_changes_it
 
     // Changed behind this server's back, as another node whose word was lost or an import does:
     // the publisher's poll of the log sees the newer revision within its second.
-    use diesel::RunQueryDsl;
-    let pool = swapcast::db::connect(&app.db.url(), Some(1)).unwrap();
-    let mut conn = pool.get().unwrap();
-    diesel::sql_query(format!(
-        "UPDATE stations SET name = 'Renamed elsewhere' WHERE id = {station}"
-    ))
-    .execute(&mut *conn)
-    .unwrap();
-    diesel::sql_query("UPDATE event_counter SET stations_revision = stations_revision + 1")
-        .execute(&mut *conn)
-        .unwrap();
+    behind_the_servers_back(
+        &app,
+        &[
+            &format!("UPDATE stations SET name = 'Renamed elsewhere' WHERE id = {station}"),
+            "UPDATE event_counter SET stations_revision = stations_revision + 1",
+        ],
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (name, ..) = station_snapshot(&app, station, None).await;
@@ -492,12 +511,7 @@ async fn a_station_feed_opens_with_the_station_as_kept_until_anything_changes_it
 async fn a_station_kept_from_before_a_new_operator_shows_personal_data_to_the_new_one_only() {
     use crate::wsclient::Client;
     let app = spawn_app().await;
-    let operator = app.user("operator").await;
-    let successor = app.user("operator").await;
-    let driver = app.user("user").await;
-    let station = app.station("Handed over", Some(&operator)).await;
-    app.battery(station, "HO-1").await;
-    app.battery(station, "HO-2").await;
+    let (operator, successor, driver, station) = handover(&app).await;
     station_snapshot(&app, station, Some(&operator.token)).await;
     app.patch(
         &format!("/api/stations/{station}"),
@@ -529,23 +543,18 @@ async fn a_station_kept_from_before_a_new_operator_shows_personal_data_to_the_ne
 #[actix_web::test]
 async fn an_operators_feed_reads_who_operates_the_station_now() {
     use crate::wsclient::Client;
-    use diesel::RunQueryDsl;
     let app = spawn_app().await;
-    let operator = app.user("operator").await;
-    let successor = app.user("operator").await;
-    let driver = app.user("user").await;
-    let station = app.station("Quietly handed over", Some(&operator)).await;
-    app.battery(station, "QH-1").await;
+    let (operator, successor, driver, station) = handover(&app).await;
     station_snapshot(&app, station, None).await;
     let reads = || metric(&app, "swapcast_station_snapshot_reads_total");
     assert_eq!(reads().await, 1.0);
-    let pool = swapcast::db::connect(&app.db.url(), Some(1)).unwrap();
-    diesel::sql_query(format!(
-        "UPDATE stations SET operator_id = {} WHERE id = {station}",
-        successor.id
-    ))
-    .execute(&mut *pool.get().unwrap())
-    .unwrap();
+    behind_the_servers_back(
+        &app,
+        &[&format!(
+            "UPDATE stations SET operator_id = {} WHERE id = {station}",
+            successor.id
+        )],
+    );
     // Anyone else still opens with the station as kept.
     station_snapshot(&app, station, Some(&driver.token)).await;
     station_snapshot(&app, station, Some(&app.admin.token)).await;
